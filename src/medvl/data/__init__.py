@@ -1,0 +1,1 @@
+"""Data: readers, the manifest/card contract, synthetic phantoms, MedMNIST, transforms, cache."""
