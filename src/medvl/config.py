@@ -8,6 +8,7 @@ a message that lists the valid ones, so a typo never silently falls back to a de
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 from medvl.errors import ConfigError
 
 T = TypeVar("T")
+_SCI_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -49,6 +51,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and _SCI_NUMBER.match(value):
+        # YAML 1.1 reads "2e-4" (no dot) as a string; a user typing lr=2e-4 means a number.
+        value = float(value)
     return key.split("."), value
 
 
