@@ -62,3 +62,8 @@ def test_yaml_round_trip_and_errors(tmp_path: Path) -> None:
         load_yaml(tmp_path / "list.yaml")
     with pytest.raises(ConfigError, match="not found"):
         load_yaml(tmp_path / "nope.yaml")
+
+
+def test_yaml_files_read_scientific_notation_as_numbers(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("lr: 2e-4\nwd: 1.0e-2\nname: 1e\nn: 3\n")
+    assert load_yaml(tmp_path / "c.yaml") == {"lr": 2e-4, "wd": 1e-2, "name": "1e", "n": 3}

@@ -19,7 +19,29 @@ import yaml
 from medvl.errors import ConfigError
 
 T = TypeVar("T")
-_SCI_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (PyYAML follows YAML 1.1, which needs ``1.0e-3``)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_loads(text: str) -> Any:
+    """Parse YAML text safely with :class:`YamlLoader`."""
+    return yaml.load(text, Loader=YamlLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -28,7 +50,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_loads(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"invalid YAML in {path}: {exc}") from exc
     if not isinstance(data, dict):
@@ -48,12 +70,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = yaml_loads(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str) and _SCI_NUMBER.match(value):
-        # YAML 1.1 reads "2e-4" (no dot) as a string; a user typing lr=2e-4 means a number.
-        value = float(value)
     return key.split("."), value
 
 
