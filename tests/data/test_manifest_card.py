@@ -111,3 +111,13 @@ def test_card_prompts_ensemble_templates_and_phrases(tmp_path: Path) -> None:
 def test_invalid_cards_are_rejected(data: dict, match: str) -> None:
     with pytest.raises(ManifestError, match=match):
         card_from_dict(data)
+
+
+def test_explicit_negatives_replace_negative_templates(tmp_path: Path) -> None:
+    card = DatasetCard(name="cxr", task="multilabel",
+                       classes=[ClassInfo("no finding", negatives=["abnormal chest x-ray"]), ClassInfo("nodule")],
+                       negative_templates=["no {label}"])
+    assert card.prompts("no finding", negative=True) == ["abnormal chest x-ray"]
+    assert card.prompts("nodule", negative=True) == ["no nodule"]
+    card.save(tmp_path / "card.yaml")
+    assert load_card(tmp_path / "card.yaml").prompts("no finding", negative=True) == ["abnormal chest x-ray"]

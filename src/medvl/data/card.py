@@ -14,6 +14,7 @@ Example::
       - name: malignant
         descriptions: ["an irregular hypoechoic mass with spiculated margins"]
         synonyms: ["breast cancer", "carcinoma"]
+        negatives: []       # optional explicit "absent" prompts (default: negative_templates)
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ class ClassInfo:
     name: str
     descriptions: list[str] = field(default_factory=list)
     synonyms: list[str] = field(default_factory=list)
+    # Explicit "absent" phrases used verbatim as negative prompts (multilabel zero-shot). Needed
+    # where "no {label}" reads wrong, e.g. "no finding" -> ["abnormal chest radiograph"].
+    negatives: list[str] = field(default_factory=list)
 
     @property
     def phrases(self) -> list[str]:
@@ -84,9 +88,16 @@ class DatasetCard:
         raise ManifestError(f"card {self.name!r}: unknown class {name!r}; classes: {', '.join(self.class_names)}")
 
     def prompts(self, class_name: str, negative: bool = False) -> list[str]:
-        """Every template × every phrase of a class (the zero-shot prompt ensemble)."""
+        """Every template × every phrase of a class (the zero-shot prompt ensemble).
+
+        ``negative=True`` gives the class's explicit ``negatives`` when the card lists any, else the
+        negative templates applied to every phrase.
+        """
+        info = self.class_info(class_name)
+        if negative and info.negatives:
+            return list(info.negatives)
         templates = self.negative_templates if negative else self.templates
-        return [t.format(label=p) for t in templates for p in self.class_info(class_name).phrases]
+        return [t.format(label=p) for t in templates for p in info.phrases]
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -98,7 +109,8 @@ class DatasetCard:
             "templates": list(self.templates),
             "negative_templates": list(self.negative_templates),
             "classes": [
-                {"name": c.name, "descriptions": list(c.descriptions), "synonyms": list(c.synonyms)}
+                {"name": c.name, "descriptions": list(c.descriptions), "synonyms": list(c.synonyms),
+                 **({"negatives": list(c.negatives)} if c.negatives else {})}
                 for c in self.classes
             ],
         }
@@ -122,6 +134,7 @@ def card_from_dict(data: dict[str, Any], source: str = "<dict>") -> DatasetCard:
                         name=str(c["name"]),
                         descriptions=[str(x) for x in c.get("descriptions") or []],
                         synonyms=[str(x) for x in c.get("synonyms") or []],
+                        negatives=[str(x) for x in c.get("negatives") or []],
                     )
                 )
             else:

@@ -308,6 +308,10 @@ def build_card(n: int, size: int, seed: int, sites: int, studies_per_patient: tu
                image_format: str = "png") -> DatasetCard:
     """The dataset card; records the generator settings so the data can be regenerated exactly."""
     classes = [ClassInfo(name, list(d), list(s)) for name, (d, s) in _CLASS_INFO.items()]
+    for c in classes:  # "no no finding" reads wrong: say what the absence of "no finding" means
+        if c.name == "no finding":
+            c.negatives = ["abnormal chest radiograph", "chest x-ray with an acute abnormality",
+                           "abnormal findings on chest radiograph"]
     return DatasetCard(
         name="medvl-synthetic-cxr",
         task="multilabel",
