@@ -10,7 +10,16 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.medvl-installed-$(shell cat pyproject.toml Makefile | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean browser
+
+# Headless Chromium for the report/web-page browser tests (Debian package). Installed when we are
+# root with apt-get (CI, fresh machines); otherwise those tests skip and say why.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian chromium for the browser tests"; \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "warning: chromium install failed; browser tests will skip"; \
+	else echo "note: install Debian 'chromium' to run the browser tests (they skip without it)"; fi
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +35,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/medvl demo --out runs/demo
 
-test: $(STAMP)
+test: $(STAMP) | browser
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
