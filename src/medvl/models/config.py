@@ -1,0 +1,76 @@
+"""Typed model configuration: what a preset YAML, an override and a checkpoint's ``config.yaml`` contain.
+
+The dataclasses are the schema: :func:`medvl.config.from_dict` rejects unknown keys against them,
+so a typo in ``image.nmae=resnet18`` fails loudly with the list of valid keys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class ImageTowerConfig:
+    """Image tower: a timm 2D backbone (``type: timm``) or the built-in 3D ResNet (``type: resnet3d``).
+
+    ``mean``/``std`` (one value per channel or one value for all) are applied *inside* the model,
+    so a checkpoint expects inputs scaled to [0, 1] and carries its own normalisation.
+    ``kwargs`` go to the backbone constructor (timm kwargs such as ``depth``; for ``resnet3d``:
+    ``widths``, ``blocks``).
+    """
+
+    type: str = "timm"
+    name: str = "resnet18"
+    in_chans: int = 1
+    image_size: int = 64
+    patch_size: int | None = None
+    pretrained_weights: str | None = None
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TextTowerConfig:
+    """Text tower: ``type: transformer`` (from scratch) or ``type: hf`` (Hugging Face AutoModel).
+
+    ``tokenizer`` holds the serialised Hugging Face ``tokenizers`` JSON once trained (or copied
+    from the HF folder), so the checkpoint alone rebuilds the tokenizer. ``hf_config`` holds the
+    HF model config so a checkpoint does not need the original folder either.
+    """
+
+    type: str = "transformer"
+    vocab_size: int = 4096
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    context_length: int = 64
+    causal: bool = False
+    pool: str = "eot"
+    dropout: float = 0.0
+    tokenizer_type: str = "bpe"
+    tokenizer: str | None = None
+    hf_path: str | None = None
+    hf_config: dict[str, Any] | None = None
+
+
+@dataclass
+class ModelConfig:
+    """A dual encoder: image tower + text tower + projections into a shared ``embed_dim`` space.
+
+    ``objective`` is the loss the preset was designed for (the trainer's default; the trainer's
+    own config may override it). ``init_logit_bias`` set (e.g. -10) enables SigLIP's bias.
+    """
+
+    name: str = "custom"
+    embed_dim: int = 64
+    projection: str = "linear"
+    init_logit_scale: float = math.log(1 / 0.07)
+    max_logit_scale: float = 100.0
+    init_logit_bias: float | None = None
+    objective: str = "infonce"
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
