@@ -1,0 +1,223 @@
+"""Pictures in and out of the service: decode uploads in memory, de-identify DICOM, prepare model
+input, make thumbnails.
+
+Uploads never touch the filesystem: the bytes are sniffed (see :mod:`medvl.serve.security`),
+decoded from a ``BytesIO`` and, for DICOM, stripped of patient identifiers *before* any field can
+reach a log line, an error message or a response. Indexed files and uploads go through the same
+``uint8 picture -> prepare_uint8 -> [0, 1] -> (x - mean) / std`` path so that querying with an
+indexed image finds that very case with cosine ≈ 1.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medvl.errors import ImageReadError, MedvlError
+from medvl.serve.security import ACCEPTED_FORMATS, sniff_format
+
+UPLOAD = "<upload>"  # the only "path" an upload ever has in messages
+MAX_PIXELS = 64_000_000  # decompression-bomb guard: a 10 MB PNG can claim 50k x 50k pixels
+_SALT = secrets.token_hex(32)  # per-process pseudonymisation key, never logged or stored
+
+
+class UnsupportedMediaError(MedvlError):
+    """The upload is not one of the accepted image formats (HTTP 415)."""
+
+
+@dataclass
+class DecodedImage:
+    """A decoded upload: display-ready uint8 pixels (HxW, HxWx3 or DxHxW) and non-identifying meta."""
+
+    format: str
+    pixels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------ DICOM de-id
+
+
+def deidentify_dicom(ds: Any) -> Any:
+    """De-identify an in-memory pydicom Dataset in place with :func:`medvl.data.deid.deidentify_dataset`.
+
+    :mod:`medvl.data.deid` owns the policy (PS3.15 basic profile subset: pseudonyms, date shifts,
+    removed/emptied identifiers, private tags, UIDs). The salt is random per process: the server
+    never needs to link two uploads of the same patient, so pseudonyms must not be stable either.
+    """
+    from medvl.data.deid import Pseudonymizer, deidentify_dataset
+
+    deidentify_dataset(ds, Pseudonymizer(_SALT))
+    return ds
+
+
+# ------------------------------------------------------------------------------------ decoding
+def _scale_to_uint8(arr: np.ndarray) -> np.ndarray:
+    """Min-max scale any numeric array to uint8 (uint8 input is returned unchanged)."""
+    if arr.dtype == np.uint8:
+        return arr
+    a = arr.astype(np.float32)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    lo, hi = float(a[finite].min()), float(a[finite].max())
+    a = np.where(finite, a, lo)
+    if hi <= lo:
+        return np.zeros(a.shape, np.uint8)
+    return np.clip(np.round((a - lo) / (hi - lo) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _decode_raster(data: bytes, fmt: str) -> np.ndarray:
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        old_limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.width * im.height > MAX_PIXELS:
+                    raise ImageReadError(UPLOAD, f"{im.width}x{im.height} pixels exceeds the limit of {MAX_PIXELS}")
+                im.load()
+                if im.mode in ("L", "RGB"):
+                    return np.asarray(im)
+                if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                    return _scale_to_uint8(np.asarray(im))
+                if im.mode == "1":
+                    return np.asarray(im.convert("L"))
+                return np.asarray(im.convert("RGB"))
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ImageReadError(UPLOAD, f"image too large to decode safely ({exc})") from exc
+        except ImageReadError:
+            raise
+        except Exception as exc:  # PIL raises many types on corrupt data
+            if fmt == "tiff":
+                return _decode_tiff(data, exc)
+            raise ImageReadError(UPLOAD, f"corrupt or unsupported {fmt.upper()} data ({type(exc).__name__})") from exc
+        finally:
+            Image.MAX_IMAGE_PIXELS = old_limit
+
+
+def _decode_tiff(data: bytes, first_error: Exception) -> np.ndarray:
+    """TIFFs PIL cannot read (float, multi-sample, compressed variants) via tifffile."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages[0]
+            if int(np.prod(page.shape)) > MAX_PIXELS:
+                raise ImageReadError(UPLOAD, f"TIFF of shape {page.shape} exceeds the pixel limit")
+            arr = page.asarray()
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(UPLOAD, f"corrupt or unsupported TIFF data ({type(first_error).__name__})") from exc
+    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
+        arr = arr[arr.shape[0] // 2]
+    return _scale_to_uint8(arr)
+
+
+def _decode_dicom(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a DICOM upload from memory; the dataset is de-identified before anything reads it.
+
+    Pixels go through :func:`medvl.data.io.image_from_dataset` + :func:`~medvl.data.io.to_uint8`,
+    the same path as files on disk, so an upload and its indexed copy give identical pictures.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=False)
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on corrupt files
+        raise ImageReadError(UPLOAD, f"corrupt DICOM data ({type(exc).__name__})") from exc
+    ds = deidentify_dicom(ds)  # before *anything* else reads the dataset
+    if "PixelData" not in ds:
+        raise ImageReadError(UPLOAD, "DICOM file has no pixel data")
+    try:
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise ImageReadError(UPLOAD, "DICOM has invalid Rows/Columns/NumberOfFrames") from exc
+    if rows * cols * frames > MAX_PIXELS:
+        raise ImageReadError(UPLOAD, f"DICOM of {frames}x{rows}x{cols} pixels exceeds the pixel limit")
+    from medvl.data.io import image_from_dataset, to_uint8
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    try:
+        out = to_uint8(image_from_dataset(ds, UPLOAD, frame=0 if frames > 1 else None))
+    except ImageReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - missing codec, truncated data, bad LUT...
+        raise ImageReadError(UPLOAD, f"cannot decode DICOM pixel data ({type(exc).__name__})") from exc
+    meta = {"modality": str(ds.get("Modality", "")), "photometric": photometric, "deidentified": True}
+    return out, meta
+
+
+def decode_upload(data: bytes) -> DecodedImage:
+    """Sniff and decode uploaded bytes; raises :class:`UnsupportedMediaError` or :class:`ImageReadError`."""
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise UnsupportedMediaError(f"unsupported file type: expected {ACCEPTED_FORMATS}; the file's leading "
+                                    f"bytes match none of them")
+    meta: dict[str, Any] = {}
+    if fmt == "dicom":
+        pixels, meta = _decode_dicom(data)
+    else:
+        pixels = _decode_raster(data, fmt)
+    if pixels.size == 0 or pixels.ndim not in (2, 3):
+        raise ImageReadError(UPLOAD, f"decoded to an unusable array of shape {pixels.shape}")
+    meta.update({"format": fmt, "shape": list(pixels.shape)})
+    return DecodedImage(fmt, np.ascontiguousarray(pixels), meta)
+
+
+def read_picture(path: str | Path) -> np.ndarray:
+    """A local file (indexing, CLI queries) -> 2D uint8 picture, via the documented reader contract
+    (:func:`medvl.data.io.read_image` + :func:`~medvl.data.io.to_uint8`; DICOM window, MONOCHROME1).
+
+    Volumes give their middle slice; the photometric tag, not the shape, tells colour from a volume.
+    """
+    from medvl.data.io import read_image, to_uint8
+
+    data = read_image(path)
+    arr = to_uint8(data)
+    if arr.ndim == 3 and not data.meta.photometric.upper().startswith("RGB"):
+        arr = arr[arr.shape[0] // 2]
+    return np.ascontiguousarray(arr)
+
+
+# ------------------------------------------------------------------------------------ model input
+def as_2d(pixels: np.ndarray) -> np.ndarray:
+    """HxW / HxWx3 unchanged; a DxHxW volume gives its middle slice (the server's encoders are 2D)."""
+    if pixels.ndim == 3 and pixels.shape[-1] not in (3, 4):
+        return pixels[pixels.shape[0] // 2]
+    if pixels.ndim == 3 and pixels.shape[-1] == 4:
+        return pixels[..., :3]
+    return pixels
+
+
+def to_model_input(pixels: np.ndarray, image_size: int, in_chans: int, mean: Any, std: Any) -> torch.Tensor:
+    """uint8 picture -> ``FloatTensor[C,S,S]`` the encoder expects: same steps as the dataset cache
+    (:func:`medvl.data.transforms.prepare_uint8`), scaled to [0, 1], then ``(x - mean) / std``."""
+    from medvl.data.transforms import prepare_uint8
+
+    x = prepare_uint8(as_2d(pixels), image_size, in_chans).float() / 255.0
+    m = torch.as_tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
+    s = torch.as_tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+    return (x - m) / s
+
+
+def thumbnail_png(pixels: np.ndarray, size: int = 96) -> bytes:
+    """A small PNG of the picture for result cards (aspect ratio kept)."""
+    from PIL import Image
+
+    arr = as_2d(pixels)
+    im = Image.fromarray(arr if arr.dtype == np.uint8 else _scale_to_uint8(arr))
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
