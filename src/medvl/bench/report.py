@@ -107,7 +107,8 @@ def _first_predictions(runs: list[tuple[int, EvalResult]]) -> Predictions | None
     return None
 
 
-def paired_markers(models: dict[str, list[tuple[int, EvalResult]]], metric: str) -> tuple[str | None, dict[str, float]]:
+def paired_markers(models: dict[str, list[tuple[int, EvalResult]]], metric: str,
+                   n_boot: int = 1000) -> tuple[str | None, dict[str, float]]:
     """Best model by mean ``metric`` and the paired-bootstrap p-value of every other model vs it."""
     from medvl.evaluate.compare import compare_predictions
 
@@ -127,7 +128,7 @@ def paired_markers(models: dict[str, list[tuple[int, EvalResult]]], metric: str)
         if pa is None:
             continue
         try:
-            comp = compare_predictions(pb, pa, metrics=[metric], n_boot=1000, name_a=best, name_b=name)
+            comp = compare_predictions(pb, pa, metrics=[metric], n_boot=n_boot, name_a=best, name_b=name)
         except Exception:  # noqa: BLE001 - different samples: no paired test, no marker
             continue
         for t in comp.tests:
@@ -177,7 +178,8 @@ def roc_figure(models: dict[str, list[tuple[int, EvalResult]]], title: str) -> s
         ax.set_xlabel("1 - specificity", fontsize=8)
         ax.set_ylabel("sensitivity", fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7, loc="lower right")
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=7, loc="lower right")
     fig.suptitle(title, fontsize=10)
     return _png(fig)
 
@@ -263,20 +265,25 @@ def write_reports(suite: Suite, entries: list[tuple[Job, Path]], outcome: BenchO
             for rec in json.loads(path.read_text()):
                 rec.update({"bench_model": job.model, "seed": job.seed, "bench_task": job.task.name})
                 f.write(json.dumps(rec) + "\n")
-    md = render_markdown(suite, table, outcome)
+    sections = _sections(table, suite.bootstrap)  # paired tests run once, for both renderings
+    md = render_markdown(suite, table, outcome, sections)
     (out_dir / "leaderboard.md").write_text(md)
-    page = render_html(suite, table, outcome, manifests)
+    page = render_html(suite, table, outcome, manifests, sections)
     (out_dir / "report.html").write_text(page)
     return results_path, out_dir / "leaderboard.md", out_dir / "report.html"
 
 
-def _sections(table: dict) -> list[tuple[tuple[str, str, str], dict, list[str], str, str | None, dict[str, float]]]:
+Section = tuple[tuple[str, str, str], dict, list[str], str, "str | None", dict[str, float]]
+
+
+def _sections(table: dict, n_boot: int = 1000) -> list[Section]:
+    """Per (task, dataset, split): the models, metric columns, headline metric, best model and p-values."""
     out = []
     for key in sorted(table):
         models = table[key]
         metrics = _metrics_of(models)
         head = _headline(key[0], metrics)
-        best, pvals = paired_markers(models, head)
+        best, pvals = paired_markers(models, head, n_boot)
         out.append((key, models, metrics, head, best, pvals))
     return out
 
@@ -303,11 +310,34 @@ def _marker(name: str, best: str | None, pvals: dict[str, float]) -> str:
     return " †" if p < ALPHA else ""
 
 
-def render_markdown(suite: Suite, table: dict, outcome: BenchOutcome) -> str:
+def summary_rows(sections: list[Section]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The at-a-glance table: one column per section (its headline metric), one row per model."""
+    columns = [f"{key[0]} ({head})" for key, _m, _metrics, head, _b, _p in sections]
+    models: list[str] = []
+    for _key, ms, *_ in sections:
+        models += [m for m in ms if m not in models]
+    rows = []
+    for m in models:
+        cells = []
+        for _key, ms, _metrics, head, best, pvals in sections:
+            s = _summary(ms[m], head) if m in ms else None
+            cells.append(("–" if s is None else _fmt(s["mean"]) + (f" ± {_fmt(s['sd'])}" if s["seeds"] > 1 else ""))
+                         + (_marker(m, best, pvals) if s is not None else ""))
+        rows.append((m, cells))
+    return columns, rows
+
+
+def render_markdown(suite: Suite, table: dict, outcome: BenchOutcome, sections: list[Section] | None = None) -> str:
     lines = [f"# Leaderboard — suite `{suite.name}`", "",
              "Values: mean ± sd over seeds [95% bootstrap CI, patient-level, averaged over seeds]. "
              "★ best on the headline metric; † differs from ★ (paired bootstrap p < 0.05).", ""]
-    for (task, dataset, split), models, metrics, head, best, pvals in _sections(table):
+    sections = sections if sections is not None else _sections(table, suite.bootstrap)
+    columns, rows = summary_rows(sections)
+    if rows:
+        lines += ["## At a glance (headline metric per task)", "", "| model | " + " | ".join(columns) + " |",
+                  "|---|" + "---|" * len(columns)]
+        lines += [f"| {m} | " + " | ".join(cells) + " |" for m, cells in rows] + [""]
+    for (task, dataset, split), models, metrics, head, best, pvals in sections:
         lines += [f"## {task} — {dataset} / {split} (headline: {head})", ""]
         lines.append("| model | " + " | ".join(metrics) + " |")
         lines.append("|---|" + "---|" * len(metrics))
@@ -374,7 +404,8 @@ td.best{font-weight:600}.mark{color:#b3261e}.figs{display:flex;flex-wrap:wrap;ga
 """
 
 
-def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dict[str, Path]) -> str:
+def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dict[str, Path],
+                sections: list[Section] | None = None) -> str:
     esc = html.escape
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -383,7 +414,17 @@ def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dic
              f"({outcome.n_cached} cached, {outcome.n_run} run, {len(outcome.failed)} failed). Values: mean ± sd over "
              "seeds [95% patient-level bootstrap CI]. ★ best on the headline metric; "
              "<span class='mark'>†</span> differs from ★ (paired bootstrap p &lt; 0.05).</div></header>"]
-    for (task, dataset, split), models, metrics, head, best, pvals in _sections(table):
+    sections = sections if sections is not None else _sections(table, suite.bootstrap)
+    columns, rows = summary_rows(sections)
+    if rows:
+        parts.append("<section id='summary'><h2>At a glance</h2><div class='wrap'><table class='results summary'>"
+                     "<thead><tr><th>model</th>" + "".join(f"<th>{esc(c)}</th>" for c in columns) +
+                     "</tr></thead><tbody>")
+        for m, cells in rows:
+            parts.append(f"<tr><td>{esc(m)}</td>" + "".join(
+                f"<td>{esc(c).replace('†', '<span class=mark>†</span>')}</td>" for c in cells) + "</tr>")
+        parts.append("</tbody></table></div></section>")
+    for (task, dataset, split), models, metrics, head, best, pvals in sections:
         sec_id = esc(f"{task}-{dataset}-{split}".replace(" ", "_"))
         parts.append(f"<section id='{sec_id}'><h2>{esc(task)} — {esc(dataset)} / {esc(split)}</h2>")
         parts.append("<div class='wrap'><table class='results'><thead><tr><th>model</th>" +
