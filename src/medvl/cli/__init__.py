@@ -11,12 +11,14 @@ from medvl.errors import MedvlError
 
 # Command modules (each registers on an app from medvl.cli.app).
 from medvl.cli import (  # noqa: F401,E402  isort: skip
+    bench,
     data_io,
     data_manifest,
     data_medmnist,
     data_synth,
     evaluation,
     models,
+    serve,
     train,
 )
 
