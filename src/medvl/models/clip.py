@@ -74,6 +74,7 @@ class CLIPModel(nn.Module):
             tokenizer = Tokenizer.from_json(cfg.text.tokenizer, cfg.text.context_length)
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
+        self._apply_locks()
 
     # -- tokenizer ---------------------------------------------------------------------------
     @property
@@ -96,6 +97,8 @@ class CLIPModel(nn.Module):
             self.text.resize_vocab(tokenizer.vocab_size)
         self.cfg.text.tokenizer = tokenizer.to_json()
         self._tokenizer = tokenizer
+        if self.cfg.lock_text:  # a re-created token embedding must be frozen again
+            self._apply_locks()
 
     # -- config ------------------------------------------------------------------------------
     @property
@@ -151,6 +154,38 @@ class CLIPModel(nn.Module):
         """Trade compute for memory in both towers."""
         self.visual.set_grad_checkpointing(enable)
         self.text.set_grad_checkpointing(enable)
+
+    def _apply_locks(self) -> None:
+        """Freeze the towers the config locks (``lock_image``/``lock_text`` + ``*_unlocked_layers``)."""
+        for tower in ("image", "text"):
+            locked = getattr(self.cfg, f"lock_{tower}")
+            unlocked = getattr(self.cfg, f"lock_{tower}_unlocked_layers")
+            if not isinstance(locked, bool):
+                raise ConfigError(f"lock_{tower} must be true or false, got {locked!r}")
+            if not isinstance(unlocked, int) or isinstance(unlocked, bool) or unlocked < 0:
+                raise ConfigError(f"lock_{tower}_unlocked_layers must be an integer >= 0, got {unlocked!r}")
+            if unlocked and not locked:
+                raise ConfigError(f"lock_{tower}_unlocked_layers={unlocked} has no effect without "
+                                  f"lock_{tower}: true")
+        if self.cfg.lock_image:
+            self.lock_image_tower(self.cfg.lock_image_unlocked_layers)
+        if self.cfg.lock_text:
+            self.lock_text_tower(self.cfg.lock_text_unlocked_layers)
+
+    def train(self, mode: bool = True) -> CLIPModel:
+        """As ``nn.Module.train``, but a tower the config locks *fully* stays in eval mode.
+
+        A frozen tower in train mode would still change: dropout adds noise to its features and
+        BatchNorm layers overwrite their pretrained running statistics (LiT keeps the locked
+        tower exactly as pretrained). Partially unlocked towers train normally.
+        """
+        super().train(mode)
+        if mode:
+            if self.cfg.lock_image and not self.cfg.lock_image_unlocked_layers:
+                self.visual.eval()
+            if self.cfg.lock_text and not self.cfg.lock_text_unlocked_layers:
+                self.text.eval()
+        return self
 
     def lock_image_tower(self, unlocked_layers: int = 0) -> None:
         """Freeze the image tower except its last ``unlocked_layers`` groups (LiT: lock it fully)."""

@@ -63,6 +63,15 @@ class ModelConfig:
 
     ``objective`` is the loss the preset was designed for (the trainer's default; the trainer's
     own config may override it). ``init_logit_bias`` set (e.g. -10) enables SigLIP's bias.
+
+    Locked-tower training (LiT, Zhai et al. 2022): ``lock_text: true`` freezes a pretrained text
+    tower (e.g. the MiniLM) so only the image tower and both projections learn -- the image side
+    is pulled into a language space that is already good, instead of both drifting together on
+    a small dataset; ``lock_image: true`` is the reverse (a pretrained image tower, a text tower
+    trained to match it). ``lock_<tower>_unlocked_layers: N`` keeps the last N blocks trainable.
+    Applied whenever the model is built (fresh, or rebuilt from a checkpoint to resume):
+    frozen parameters get ``requires_grad=False``, which the trainer's optimizer skips, and a
+    fully locked tower stays in eval mode (no dropout; BatchNorm statistics stay pretrained).
     """
 
     name: str = "custom"
@@ -72,5 +81,9 @@ class ModelConfig:
     max_logit_scale: float = 100.0
     init_logit_bias: float | None = None
     objective: str = "infonce"
+    lock_image: bool = False
+    lock_image_unlocked_layers: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)

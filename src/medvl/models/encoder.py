@@ -6,12 +6,16 @@ preprocessing the encoder expects, never the model class.
 
 Conventions: inputs are float images scaled to [0, 1] (``[B, C, H, W]``, or ``[B, C, D, H, W]``
 for 3D encoders); the caller resizes to ``image_size`` and applies ``(x - mean) / std``
-(identity for medvl checkpoints, which normalise inside the model). Channel counts are adapted
-(1 -> 3 by repetition, 3 -> 1 by averaging). Outputs are float32 CPU tensors, L2-normalised
-unless ``normalize=False``; encoding runs batched, under ``no_grad``, in eval mode, on ``device``.
+(identity for medvl checkpoints and the pretrained adapters, which normalise inside the model).
+Channel counts are adapted (1 -> 3 by repetition, 3 -> 1 by averaging). Outputs are float32 CPU
+tensors, L2-normalised unless ``normalize=False``; encoding runs batched, under ``no_grad``, in
+eval mode, on ``device``.
 
 Adding a schema is one registration: ``@register_encoder_schema("hf")`` on a
-``loader(rest: str, device: str, **kwargs) -> Encoder`` function.
+``loader(rest: str, device: str, **kwargs) -> Encoder`` function. The pretrained adapters
+(``openclip:``, ``hf:`` and known names such as ``biomedclip``, in :mod:`medvl.models.pretrained`)
+register on first use of :func:`load_encoder`/:func:`encoder_schemas`, so importing medvl never
+imports open_clip or transformers.
 """
 
 from __future__ import annotations
@@ -43,8 +47,21 @@ def register_encoder_schema(prefix: str) -> Callable[[EncoderLoader], EncoderLoa
     return deco
 
 
+def _ensure_pretrained_schemas() -> None:
+    """Register ``openclip:``/``hf:`` from :mod:`medvl.models.pretrained` (cheap: no open_clip import).
+
+    Done lazily, and with ``setdefault`` into the current registry, so a registry swapped out
+    (tests monkeypatch it) still gets them and a user's own registration is never overwritten.
+    """
+    from medvl.models.pretrained import ENCODER_SCHEMAS
+
+    for prefix, loader in ENCODER_SCHEMAS.items():
+        _SCHEMAS.setdefault(prefix, loader)
+
+
 def encoder_schemas() -> list[str]:
     """Registered schema prefixes (``medvl`` is also implied for a bare directory path)."""
+    _ensure_pretrained_schemas()
     return sorted(_SCHEMAS)
 
 
@@ -217,18 +234,27 @@ def load_encoder(spec: str | Path, device: str | torch.device = "cpu", **kwargs:
     """Resolve ``spec`` to an :class:`Encoder`.
 
     ``spec``: a medvl checkpoint directory (or ``medvl:<dir>``), ``timm:<name>`` (random init),
-    ``timm:<name>@/path/weights.safetensors``; other schemas once registered. ``kwargs`` go to
-    the loader (e.g. ``in_chans=1, image_size=64`` for timm).
+    ``timm:<name>@/path/weights.safetensors``, ``openclip:<folder>[?text=<dir>]``,
+    ``openclip:hf-hub:org/repo``, ``hf:<folder>[?pool=cls|mean|pooler]``, ``hf:hf-hub:org/repo``,
+    or a known model name (``biomedclip``, ``medsiglip``, ``rad-dino``... see
+    :mod:`medvl.models.pretrained.known`). ``kwargs`` go to the loader (e.g.
+    ``in_chans=1, image_size=64`` for timm, ``text=<dir>`` for openclip, ``pool=mean`` for hf).
     """
     text = str(spec)
     if Path(text).is_dir():
         return _SCHEMAS["medvl"](text, device=str(device), **kwargs)
+    _ensure_pretrained_schemas()
     prefix, sep, rest = text.partition(":")
     if sep and prefix in _SCHEMAS:
         return _SCHEMAS[prefix](rest, device=str(device), **kwargs)
-    valid = ", ".join(f"{s}:" for s in encoder_schemas())
+    from medvl.models.pretrained import known
+
+    if not sep and known.get_known(text) is not None:
+        return known.load_known_encoder(text, device=str(device), **kwargs)
+    valid = ", ".join(f"{s}:" for s in _SCHEMAS)  # registration order: built-in schemas first
+    names = ", ".join(known.KNOWN_MODELS)
     if sep:
         raise MedvlError(f"unknown encoder schema {prefix!r} in {text!r}; valid schemas: {valid} "
-                         f"(or a medvl checkpoint directory)")
-    raise MedvlError(f"encoder {text!r} is neither a checkpoint directory nor a '<schema>:<name>' spec; "
-                     f"valid schemas: {valid}")
+                         f"(or a medvl checkpoint directory, or a known model name: {names})")
+    raise MedvlError(f"encoder {text!r} is neither a checkpoint directory nor a '<schema>:<name>' spec nor a known "
+                     f"model; valid schemas: {valid}; known models: {names}")

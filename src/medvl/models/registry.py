@@ -90,10 +90,16 @@ def create_model(
     (``embed_dim=64``). ``tokenizer_texts`` trains the from-scratch tokenizer right away (on the
     training reports, never on evaluation text); ``pretrained=False`` skips local pretrained
     weights (timm ``pretrained_weights``, HF folder weights). For an HF text tower the folder's
-    config and tokenizer are copied into the model config so checkpoints are self-contained.
+    config and tokenizer are copied into the model config so checkpoints are self-contained;
+    ``text.hf_path: known:<name>`` names a known text model (e.g. ``known:all-minilm-l6-v2``,
+    bundled offline) instead of a machine-specific path.
     To load a trained model use :func:`medvl.models.load_model`.
     """
     cfg = model_config(name_or_path, **overrides)
+    if cfg.text.type == "hf" and cfg.text.hf_path and str(cfg.text.hf_path).startswith("known:"):
+        from medvl.models.pretrained.known import resolve_hf_path
+
+        cfg.text.hf_path = resolve_hf_path(cfg.text.hf_path)  # e.g. known:all-minilm-l6-v2 (bundled)
     if cfg.text.type == "hf" and cfg.text.hf_path and (cfg.text.hf_config is None or not cfg.text.tokenizer):
         hf_cfg, tok_json = read_hf_folder(cfg.text.hf_path)
         cfg.text.hf_config = cfg.text.hf_config or hf_cfg
