@@ -1,0 +1,123 @@
+"""The training split as the loop needs it: a map-style dataset plus the indices it may draw.
+
+This is where the trainer's data policies live (one place, testable without a model):
+
+* ``data.empty_text``: a pair with an empty report has no positive partner for a contrastive
+  loss. ``skip`` (default) leaves such pairs out of the index *before* training, so every batch
+  on every rank keeps its size and the data order stays a function of (seed, epoch);
+  ``error`` stops with the rows named.
+* ``data.on_error``: image decode failures are handled by the dataset: ``raise``, or ``skip``,
+  which substitutes the next readable sample (batches keep their size, which DDP's feature
+  gather needs) and appends the row to ``out_dir/skipped_images.jsonl``; the trainer prints the
+  count of distinct skipped rows at the end.
+* ``data.shards``: tar shards written by ``medvl data shards`` replace the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medvl.data.manifest import load_manifest
+from medvl.errors import ManifestError
+from medvl.train.config import DataConfig
+
+
+@dataclass
+class TrainData:
+    dataset: Any
+    indices: list[int]
+    train_texts: list[str]
+    collate: Callable[[list[Any]], dict[str, Any]]
+    skipped_empty_text: int = 0
+    skip_report: Path | None = None
+    _skip_counter: Callable[[], int] = field(default=lambda: 0, repr=False)
+
+    def fingerprint(self) -> str:
+        """Hash of the usable training pairs in index order: data order (and so exact resume)
+        depends on exactly this list."""
+        h = hashlib.sha256()
+        for i, t in zip(self.indices, self.train_texts, strict=True):
+            h.update(f"{i}\t{t}\0".encode("utf-8", "replace"))
+        return h.hexdigest()[:16]
+
+    def skipped_images(self) -> int:
+        """Images the dataset could not read and skipped (``data.on_error=skip``)."""
+        return self._skip_counter()
+
+
+def apply_empty_text_policy(texts: list[str], rows: list[int], policy: str, where: str) -> list[int]:
+    """Positions of usable pairs; raises ManifestError naming the rows under ``policy="error"``."""
+    empty = [i for i, t in enumerate(texts) if not str(t).strip()]
+    if empty and policy == "error":
+        shown = ", ".join(str(rows[i]) for i in empty[:20]) + (" ..." if len(empty) > 20 else "")
+        raise ManifestError(f"{where}: {len(empty)} training pair(s) have an empty text (rows {shown}); "
+                            f"fill them or set data.empty_text=skip to leave them out of training")
+    bad = set(empty)
+    return [i for i in range(len(texts)) if i not in bad]
+
+
+def build_train_data(cfg: DataConfig, seed: int = 0, out_dir: str | Path | None = None) -> TrainData:
+    """The training split per ``cfg``; a skip report (``on_error=skip``) goes to ``out_dir``."""
+    if cfg.shards:
+        return _from_shards(cfg, seed)
+    return _from_manifest(cfg, seed, Path(out_dir) if out_dir is not None else None)
+
+
+def count_skipped(report: Path | None) -> int:
+    """Distinct manifest rows in a JSONL skip report (every DataLoader worker appends to it)."""
+    if report is None or not report.is_file():
+        return 0
+    rows = set()
+    for line in report.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.add(json.loads(line).get("row"))
+        except ValueError:
+            continue
+    return len(rows)
+
+
+# The model contract (medvl.models.clip) takes images in [0, 1] and applies its own mean/std, so
+# the dataset's own normalisation is set to the identity here.
+IDENTITY_MEAN, IDENTITY_STD = (0.0,), (1.0,)
+
+
+def _from_manifest(cfg: DataConfig, seed: int, out_dir: Path | None) -> TrainData:
+    from medvl.data.dataset import ManifestDataset, collate_samples
+
+    manifest_path = Path(cfg.manifest)
+    manifest = load_manifest(manifest_path)
+    split = manifest.split(cfg.split)
+    if not split.samples:
+        raise ManifestError(f"{manifest_path}: no rows with split={cfg.split!r} (splits present: "
+                            f"{', '.join(manifest.splits) or 'none'}); set data.split")
+    skip_report = (out_dir or manifest_path.parent) / "skipped_images.jsonl" if cfg.on_error == "skip" else None
+    dataset = ManifestDataset(manifest, split=cfg.split, image_size=cfg.image_size, channels=cfg.channels,
+                              augment=cfg.augment, mean=IDENTITY_MEAN, std=IDENTITY_STD, on_error=cfg.on_error,
+                              skip_report=skip_report, cache_dir=cfg.cache_dir, seed=seed)
+    if len(dataset) != len(split.samples):
+        raise ManifestError(f"{manifest_path}: dataset has {len(dataset)} samples for split {cfg.split!r}, "
+                            f"manifest has {len(split.samples)}")
+    texts = [s.text for s in split.samples]
+    rows = [s.row for s in split.samples]
+    usable = apply_empty_text_policy(texts, rows, cfg.empty_text, str(manifest_path))
+    return TrainData(dataset=dataset, indices=usable, train_texts=[texts[i] for i in usable],
+                     collate=collate_samples, skipped_empty_text=len(texts) - len(usable),
+                     skip_report=skip_report, _skip_counter=lambda: count_skipped(skip_report))
+
+
+def _from_shards(cfg: DataConfig, seed: int) -> TrainData:
+    from medvl.train.shards import ShardDataset
+
+    dataset = ShardDataset(cfg.shards, split=cfg.split, image_size=cfg.image_size, channels=cfg.channels,
+                           augment=cfg.augment, mean=IDENTITY_MEAN, std=IDENTITY_STD, seed=seed)
+    texts = dataset.texts
+    usable = apply_empty_text_policy(texts, dataset.rows, cfg.empty_text, str(cfg.shards))
+    from medvl.data.dataset import collate_samples
+
+    return TrainData(dataset=dataset, indices=usable, train_texts=[texts[i] for i in usable],
+                     collate=collate_samples, skipped_empty_text=len(texts) - len(usable))
