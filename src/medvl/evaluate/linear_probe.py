@@ -3,16 +3,33 @@
 Protocol (the CLIP / MedMNIST-probe convention): features are extracted once per split
 (:mod:`medvl.evaluate.features`, cached); for each training fraction and seed a stratified
 subset of the train split is drawn; features are standardised with that subset's statistics;
-the L2 strength is chosen on the validation split from :data:`C_GRID` (warm-starting along the
-grid); the chosen model is scored on the test split with bootstrap CIs.
+the L2 strength is chosen on the validation split from :data:`C_GRID`; the chosen model is
+scored on the test split with bootstrap CIs.
 
-The classifier, :class:`TorchLogisticRegression`, is hand-written in torch rather than taken
-from scikit-learn because sklearn's ``LogisticRegression`` runs one C at a time in float64 on the
-CPU; this one solves *the same objective* (``mean loss + ||W||^2 / (2 C N)``, unpenalised
+The classifier is hand-written in torch rather than taken from scikit-learn. It minimises *the
+same objective* as sklearn's ``LogisticRegression`` (``mean loss + ||W||^2 / (2 C N)``, unpenalised
 intercept; softmax over K weight vectors for multiclass as sklearn's multinomial, one logistic
 weight vector for binary as sklearn does, K independent sigmoids for multilabel one-vs-rest with
-unknown labels masked) with full-batch L-BFGS on CPU or GPU, float32, and warm starts. Its
-accuracy matches sklearn's (tests) and ``benchmarks/linear_probe.py`` measures the speed-up.
+unknown labels masked) with the same stopping rule (``max|gradient| <= tol``, scipy's ``gtol``),
+so C means the same thing and the accuracy matches sklearn's (tests). What makes it faster than
+sklearn fitting the grid with warm starts (``benchmarks/linear_probe.py``):
+
+* **the whole C grid is one batched problem** (:func:`fit_logistic_grid`): every iteration reads
+  the features once for all C (one ``[G K, D] x [D, N]`` and one ``[G K, N] x [N, D]`` matmul,
+  analytic gradient, no autograd) and takes a per-C L-BFGS step, vectorised over the grid with a
+  per-C line search; a C leaves the batch when it has converged;
+* **C values whose optima coincide within tol are iterated once**: a weakly regularised C
+  *follows* its neighbour and is checked exactly against its own stopping rule at the
+  neighbour's solution (what sklearn's warm start gets for free, see :func:`_lbfgs`);
+* **with many rows or classes, the initial inverse Hessian is a curvature model**
+  ``(A (x) Cov + lambda I)^-1`` (``A = E[diag p - p p^T]`` at the current point, ``Cov``'s top
+  eigenpairs from a randomized eigen-decomposition of <= 4096 rows): the first step from zero is
+  a Newton step and correlated features stop slowing L-BFGS down (:class:`_Preconditioner`).
+
+On the benchmark's 15k x 512 10-class features the 7-value grid is ~3x faster than sklearn's
+warm-started grid (same C chosen, same test accuracy). On tiny problems (BreastMNIST: 546 rows)
+both take tens of milliseconds, the matmuls are too small to matter and torch's per-op overhead
+makes sklearn (scipy's Fortran L-BFGS-B) ~1.6x faster.
 """
 
 from __future__ import annotations
@@ -25,7 +42,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from medvl.errors import ConfigError
 
@@ -34,12 +50,553 @@ log = logging.getLogger(__name__)
 C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1000.0)
 
 
+# ---------------------------------------------------------------------- the batched solver
+@dataclass
+class _Data:
+    """Training data on the device, shared by every C of a grid."""
+
+    x: torch.Tensor  # [N, D], centred when the column means are not ~0 (see _prepare)
+    mu: torch.Tensor  # [D] the means subtracted from x (zeros when nothing was)
+    softmax: bool  # multiclass; otherwise K' independent sigmoids (binary: K' = 1)
+    y: torch.Tensor  # [K', N] 0/1 targets (one-hot for softmax)
+    y_idx: torch.Tensor | None  # [1, 1, N] class indices (softmax)
+    mask: torch.Tensor | None  # [K', N] 1 where the label is known (multilabel), else None
+    fit_intercept: bool
+    centred: bool
+    sign: torch.Tensor | None = None  # [K', N] 2y - 1 (sigmoids)
+    sign_mask: torch.Tensor | None = None  # sign * mask (sigmoids)
+
+    def __post_init__(self) -> None:
+        if not self.softmax:
+            self.sign = 2 * self.y - 1
+            self.sign_mask = self.sign if self.mask is None else self.sign * self.mask
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def k(self) -> int:
+        return self.y.shape[0]
+
+
+@dataclass
+class GridSolution:
+    """All C of a grid solved together: ``coef[g]`` [K', D] and ``intercept[g]`` [K'] for ``cs[g]``."""
+
+    cs: tuple[float, ...]
+    coef: torch.Tensor  # [G, K', D]
+    intercept: torch.Tensor  # [G, K']
+    loss: np.ndarray  # [G] objective at the solution
+    n_iter: list[int]  # L-BFGS iterations per C (a C that followed another counts the other's)
+    converged: list[bool]  # max |gradient| <= tol reached (sklearn's stopping rule)
+    n_evals: int  # batched loss+gradient evaluations (line-search steps included)
+    n_problem_evals: int  # the same counted per C evaluated (the work: lumped C values cost nothing)
+    precondition_rank: int  # 0: plain L-BFGS
+
+
+def _evaluate(data: _Data, theta: torch.Tensor, lam: torch.Tensor, curvature: bool
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Objective, gradient, max |gradient| in sklearn's parameters, and curvature, for ``g`` problems.
+
+    ``theta`` [g, K', D+1] holds each problem's weights and intercept; with centred features the
+    intercept is the centred one ``b' = b + W mu`` (logits ``W x + b = W (x - mu) + b'``), which
+    decouples it from the weights. Returns ``f`` [g] (float64: mean loss + ``lam/2 ||W||^2``),
+    its gradient [g, K', D+1] (analytic: ``(P - Y) X / N + lam W``), ``max|grad|`` [g] in
+    sklearn's ``(W, b)`` and, if asked, the class curvature ``E[diag p - p p^T]`` [g, K', K']
+    (softmax) or ``E[p (1 - p)]`` [g, K'] (sigmoids) for the preconditioner.
+    """
+    g, k, d1 = theta.shape
+    n, d = data.n, d1 - 1
+    w = theta[..., :d]  # strided view
+    z = torch.addmm(theta[..., d].reshape(-1, 1), w.reshape(g * k, d), data.x.T).view(g, k, n)
+    curv: tuple[torch.Tensor, ...] = ()
+    if data.softmax:
+        assert data.y_idx is not None
+        logp = torch.log_softmax(z, 1)
+        f = logp.gather(1, data.y_idx.expand(g, 1, n)).sum((1, 2), dtype=torch.float64).div_(-n)
+        p = logp.exp_()
+        if curvature:
+            curv = (torch.diag_embed(p.sum(2)).sub_(p @ p.mT).div_(n),)
+        r = p.sub_(data.y)
+    else:
+        # with t = s z (s = 2y - 1): loss = -log q, q = sigmoid(t); p - y = s (q - 1); p (1-p) = q (1-q).
+        # One sigmoid, one log and one exp: torch's softplus / BCE-with-logits are ~3x slower on the CPU.
+        # -log q = log(1 + e^-t) is e^-t to 1e-11 for t > 8, where the log of q ~ 1 would lose it; -t for t < -80.
+        assert data.sign is not None and data.sign_mask is not None
+        t = z.mul_(data.sign)
+        q = torch.sigmoid(t)
+        nt = t.neg()
+        per = torch.where(t > 8, nt.exp(), torch.where(t < -80, nt, q.log().neg_()))
+        if data.mask is not None:
+            per.mul_(data.mask)
+        f = per.sum((1, 2), dtype=torch.float64).div_(n)
+        if curvature:
+            wgt = q * (1 - q)
+            if data.mask is not None:
+                wgt.mul_(data.mask)
+            curv = (wgt.sum(2).div_(n),)
+        r = q.sub_(1).mul_(data.sign_mask)
+    lw = w * lam[:, None, None]
+    f += (lw * w).sum((1, 2), dtype=torch.float64).mul_(0.5)
+    gw = torch.addmm(lw.view(g * k, d), r.view(g * k, n), data.x, alpha=1.0 / n).view(g, k, d)
+    gb = r.sum(2).div_(n) if data.fit_intercept else torch.zeros(g, k, dtype=theta.dtype, device=theta.device)
+    grad = torch.cat([gw, gb[..., None]], 2)
+    if data.centred:  # d/dW at fixed b = d/dW at fixed b' + (d/db') mu^T
+        gmax = torch.maximum(torch.addcmul(gw, gb[..., None], data.mu).abs().amax((1, 2)), gb.abs().amax(1))
+    else:
+        gmax = grad.abs().amax((1, 2))
+    return f, grad, gmax, curv
+
+
+def _sklearn_grad(data: _Data, grad: torch.Tensor) -> torch.Tensor:
+    """The gradient in sklearn's parameters ``(W, b)`` from the solver's ``(W, b')``."""
+    if not data.centred:
+        return grad
+    out = grad.clone()
+    out[..., :-1] += grad[..., -1:] * data.mu
+    return out
+
+
+class _Preconditioner:
+    """``H0`` of L-BFGS: the inverse of a Kronecker model of the Hessian at the current point.
+
+    The loss Hessian is ``E[(diag p - p p^T) (x) x x^T]`` (softmax; ``p(1-p) x x^T`` per sigmoid
+    output). The model replaces the sample weights by their mean, ``A (x) Cov + lam I`` with
+    ``A = E[diag p - p p^T]`` recomputed at every point: exact at the zero start (the first step is
+    a Newton step) and cheap to invert with ``A``'s eigenvectors (K x K) and the covariance's top
+    eigenpairs ``Q diag(sigma) Q^T`` (the other directions lumped as ``sigma0``). This removes the
+    ill-conditioning of correlated features. Without a basis (rank 0) ``H0`` is scipy's
+    ``gamma I`` (``gamma = s'y / y'y`` of the newest pair).
+    """
+
+    def __init__(self, q: torch.Tensor | None, sigma: torch.Tensor | None, sigma0: float, softmax: bool,
+                 fit_intercept: bool):
+        self.q, self.sigma, self.sigma0, self.softmax, self.fit_intercept = q, sigma, sigma0, softmax, fit_intercept
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.q is None else self.q.shape[1]
+
+    def __call__(self, v: torch.Tensor, curv: tuple[torch.Tensor, ...], lam: torch.Tensor,
+                 gamma: torch.Tensor) -> torch.Tensor:
+        """Apply to ``v`` [g, J, K', D+1] (``lam``, ``gamma`` [g])."""
+        if self.q is None:
+            out = v * gamma[:, None, None, None]
+        else:
+            assert self.sigma is not None
+            d = self.q.shape[0]
+            if self.softmax:  # rotate the classes to the eigenvectors of A
+                alpha, e = torch.linalg.eigh(curv[0])
+                alpha = alpha.clamp_min(1e-2 * alpha.mean(1, keepdim=True))  # the all-ones direction has 0
+                v = e.mT[:, None] @ v
+                a4 = alpha[:, None, :, None]  # [g, 1, K, 1]
+            else:
+                a4 = curv[0].clamp_min(1e-12)[:, None, :, None]
+            l4 = lam[:, None, None, None]
+            c0 = 1.0 / (a4 * self.sigma0 + l4)
+            cq = 1.0 / (a4 * self.sigma + l4) - c0  # [g, 1, K, r]
+            vw = v[..., :d]
+            out = torch.empty_like(v)
+            out[..., :d] = torch.addcmul((vw @ self.q).mul_(cq) @ self.q.T, vw, c0)
+            out[..., d] = v[..., d] / a4[..., 0]
+            if self.softmax:
+                out = e[:, None] @ out
+        if not self.fit_intercept:
+            out[..., -1] = 0
+        return out
+
+
+def _spectral_basis(x: torch.Tensor, rank: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Top ``rank`` eigenpairs of ``x^T x / N`` (Q [D, r], sigma [r]) and the mean eigenvalue of the rest.
+
+    Full ``eigh`` when ``rank >= D``; otherwise a randomized subspace iteration on the D x D
+    covariance (Halko et al. 2011), which for D = 512 costs a few ms instead of ``eigh``'s ~0.2 s.
+    """
+    n, d = x.shape
+    cov = torch.mm(x.T, x).div_(n)
+    if rank >= d:
+        sigma, q = torch.linalg.eigh(cov.double())
+        return q.to(x.dtype), sigma.clamp_min(0).to(x.dtype), 0.0
+    omega = torch.randn(d, rank + 10, generator=gen, dtype=x.dtype).to(cov.device)
+    basis, _ = torch.linalg.qr(cov @ omega)
+    for _ in range(2):  # power iterations: the spectrum of features decays slowly
+        basis, _ = torch.linalg.qr(cov @ basis)
+    sigma, u = torch.linalg.eigh((basis.T @ cov @ basis).double())
+    sigma, u = sigma.flip(0)[:rank].clamp_min(0), u.flip(1)[:, :rank].to(x.dtype)
+    rest = (torch.trace(cov).double() - sigma.sum()).item() / max(d - rank, 1)
+    sigma0 = float(min(max(rest, 0.0), sigma[-1].item()))
+    return basis @ u, sigma.to(x.dtype), sigma0
+
+
+@dataclass
+class _Result:
+    """Per problem: the solution, its gradient and objective, iterations and convergence."""
+
+    theta: torch.Tensor  # [G, K', D+1]
+    grad: torch.Tensor  # [G, K', D+1] in sklearn's parameters
+    f: np.ndarray  # [G]
+    n_iter: np.ndarray  # [G]
+    converged: np.ndarray  # [G] bool
+    n_evals: int = 0
+    n_problem_evals: int = 0
+
+
+def _lbfgs(data: _Data, lam: np.ndarray, theta0: torch.Tensor, precond: _Preconditioner, *, max_iter: int,
+           tol: float, history_size: int, lump: bool = True) -> _Result:
+    """Batched L-BFGS on ``G`` problems that share the data and differ in ``lam`` [G] (see :func:`_solve_grid`).
+
+    Direction: the L-BFGS two-loop recursion on ``H0`` = ``precond``, all problems at once (the
+    per-problem scalars are [G] tensors: no host round trip). Step: Armijo backtracking per
+    problem, only the failing ones re-evaluated. Per-problem bookkeeping runs in numpy on [G].
+
+    ``lump``: near-identical problems are not iterated twice. A problem ``h`` whose ``lam`` differs
+    from its smaller-C neighbour ``g``'s by ``|lam_h - lam_g| max|W_g| <= tol / 4`` stops iterating
+    and *follows* ``g``: its objective is ``g``'s plus ``(lam_h - lam_g) ||W||^2 / 2``, so its
+    gradient at ``g``'s point is known without a data pass. When ``g`` stops, ``h`` is checked
+    there with its own stopping rule (exactly, as sklearn's warm start would be) and continued
+    from there if it fails; it also leaves ``g`` as soon as ``|lam_h - lam_g| max|W_g|`` exceeds
+    ``tol / 2`` (the weights grew). The curvature history carries over (``y += dlam s``).
+    """
+    dev, dt = data.x.device, data.x.dtype
+    n_problems, m, d = len(lam), history_size, data.d
+    curvature = precond.rank > 0
+    c1, ftol = 1e-4, 64 * float(np.finfo(np.float64).eps)
+    noise = 1e-9 if dt != torch.float64 else 1e-15  # relative accuracy of the objective's evaluation
+    eps_f = 1e-6 if dt != torch.float64 else 1e-12  # Hager & Zhang's epsilon (approximate Wolfe)
+    theta = theta0.to(dev, dt).clone()
+    s_hist = torch.zeros(n_problems, m, *theta.shape[1:], device=dev, dtype=dt)
+    y_hist = torch.zeros_like(s_hist)
+    gamma = np.ones(n_problems)
+    res = _Result(theta.clone(), torch.zeros_like(theta), np.zeros(n_problems), np.zeros(n_problems, dtype=np.int64),
+                  np.zeros(n_problems, dtype=bool))
+    ids = np.arange(n_problems)  # the active problems
+    lam_t = torch.as_tensor(lam, dtype=dt).to(dev)
+    if n_problems > 1 and not bool(theta.any()):  # cold start: every C has the same loss and gradient at 0
+        f_t, grad, gmax_t, curv = _evaluate(data, theta[:1], lam_t[:1], curvature)
+        f_t, grad, gmax_t = f_t.expand(n_problems), grad.expand_as(theta).clone(), gmax_t.expand(n_problems)
+        curv = tuple(c.expand(n_problems, *c.shape[1:]).clone() for c in curv)
+    else:
+        f_t, grad, gmax_t, curv = _evaluate(data, theta, lam_t, curvature)
+    f, gmax = f_t.cpu().numpy().copy(), gmax_t.cpu().numpy().astype(np.float64)
+    res.n_evals, res.n_problem_evals = 1, grad.shape[0] if n_problems == 1 or bool(theta.any()) else 1
+    followers: dict[int, list[int]] = {}
+
+    def keep_only(keep: np.ndarray) -> None:
+        nonlocal ids, theta, grad, curv, s_hist, y_hist, lam_t, f, gmax, gamma
+        kt = torch.as_tensor(keep).to(dev)
+        ids, f, gmax, gamma = ids[keep], f[keep], gmax[keep], gamma[keep]
+        theta, grad, s_hist, y_hist, lam_t = theta[kt], grad[kt], s_hist[kt], y_hist[kt], lam_t[kt]
+        curv = tuple(c[kt] for c in curv)
+
+    def spawn(hs: list[int], pos: list[int]) -> tuple:
+        """Active-problem state for followers ``hs`` at their leaders' (active positions ``pos``) point."""
+        pt = torch.as_tensor(pos).to(dev)
+        dlam = lam[hs] - lam[ids[pos]]
+        dl = torch.as_tensor(dlam, dtype=dt).to(dev)[:, None, None]
+        th, gr, sh, yh = theta[pt], grad[pt].clone(), s_hist[pt], y_hist[pt].clone()
+        gr[..., :d] += dl * th[..., :d]
+        yh[..., :d] += dl[:, None] * sh[..., :d]
+        fh = f[pos] + 0.5 * dlam * th[..., :d].square().sum((1, 2), dtype=torch.float64).cpu().numpy()
+        gm = _sklearn_grad(data, gr).abs().amax((1, 2)).cpu().numpy().astype(np.float64)
+        res.n_iter[hs] = res.n_iter[ids[pos]]
+        return (np.array(hs), th, gr, sh, yh, torch.as_tensor(lam[hs], dtype=dt).to(dev), tuple(c[pt] for c in curv),
+                fh, gm, gamma[pos])
+
+    def append(sp: tuple) -> None:
+        nonlocal ids, theta, grad, curv, s_hist, y_hist, lam_t, f, gmax, gamma
+        ids, f, gmax, gamma = (np.concatenate([a, b]) for a, b in ((ids, sp[0]), (f, sp[7]), (gmax, sp[8]),
+                                                                   (gamma, sp[9])))
+        theta, grad, s_hist, y_hist, lam_t = (torch.cat([a, b]) for a, b in ((theta, sp[1]), (grad, sp[2]),
+                                                                            (s_hist, sp[3]), (y_hist, sp[4]),
+                                                                            (lam_t, sp[5])))
+        curv = tuple(torch.cat([a, b]) for a, b in zip(curv, sp[6], strict=True))
+
+    def finish(stop: np.ndarray) -> None:
+        """Record the stopped problems; their followers become active at their point."""
+        sel, st = ids[stop], torch.as_tensor(stop).to(dev)
+        idx = torch.as_tensor(sel).to(dev)
+        res.theta[idx], res.grad[idx] = theta[st], _sklearn_grad(data, grad[st])
+        res.f[sel], res.converged[sel] = f[stop], gmax[stop] <= tol
+        hs, pos = [], []
+        for p in np.flatnonzero(stop):
+            for h in followers.pop(int(ids[p]), []):
+                hs.append(h)
+                pos.append(int(p))
+        sp = spawn(hs, pos) if hs else None
+        keep_only(~stop)
+        if sp is not None:
+            append(sp)
+
+    first = True
+    for _ in range(max_iter + 1):
+        while (gmax <= tol).any():  # (followers of a converged problem may converge on the spot)
+            finish(gmax <= tol)
+        if ids.size == 0 or res.n_iter[ids].max() >= max_iter:
+            break
+        g = ids.size
+        gam_t = torch.as_tensor(gamma, dtype=dt).to(dev)
+        # ---- direction -H grad, H the L-BFGS inverse Hessian on H0 = precond, vectorised over the problems
+        gp = grad.view(g, 1, -1)
+        sf, yf = s_hist.view(g, m, -1), y_hist.view(g, m, -1)
+        if precond.rank:  # two-loop recursion: H0 (two thin matmuls) applied once
+            sy_hist = (sf * yf).sum(2)  # [g, m]; 0 for empty slots
+            rho = torch.where(sy_hist > 0, 1.0 / sy_hist, torch.zeros_like(sy_hist))
+            q = -gp
+            alphas = []
+            for j in range(m - 1, -1, -1):  # newest first
+                a_j = rho[:, j, None, None] * (sf[:, j, None] @ q.mT)
+                q = torch.addcmul(q, a_j, yf[:, j, None], value=-1)
+                alphas.append(a_j)
+            direction = precond(q.view(g, 1, *grad.shape[1:]), curv, lam_t, gam_t).view(g, 1, -1)
+            for j in range(m):  # oldest first
+                b_j = rho[:, j, None, None] * (yf[:, j, None] @ direction.mT)
+                direction = torch.addcmul(direction, alphas[m - 1 - j] - b_j, sf[:, j, None])
+        else:  # H0 = gamma I: compact form (Byrd, Nocedal & Schnabel 1994), fewer and larger ops
+            g1 = gam_t[:, None, None]
+            sty = sf @ yf.mT  # [g, m, m]
+            diag = sty.diagonal(dim1=1, dim2=2)
+            r_mat = sty.triu() + torch.diag_embed((diag <= 0).to(dt))  # empty slots: identity rows
+            v = torch.linalg.solve_triangular(r_mat, sf @ gp.mT, upper=True)
+            w_ = torch.addcmul(diag[..., None] * v, g1, torch.baddbmm(-(yf @ gp.mT), yf @ yf.mT, v))
+            u = torch.linalg.solve_triangular(r_mat.mT, w_, upper=False)
+            direction = ((g1 * v).mT @ yf - u.mT @ sf).sub_(g1 * gp)
+        slope = (direction @ gp.mT).view(g).double().cpu().numpy()
+        direction = direction.view_as(grad)
+        if (slope >= 0).any():  # numerical trouble: forget the history, step along -H0 grad
+            bad = torch.as_tensor(slope >= 0).to(dev)
+            direction[bad] = -precond(grad[:, None], curv, lam_t, gam_t)[:, 0][bad]
+            s_hist[bad], y_hist[bad] = 0, 0
+            slope = (direction.view(g, 1, -1) @ gp.mT).view(g).double().cpu().numpy()
+        if lump and first and g > 1:  # the first step's size predicts which C will coincide: lump before it
+            follow = _lump(ids, lam, (theta + direction)[..., :d].abs().amax((1, 2)).double().cpu().numpy(),
+                           followers, tol)
+            if follow.any():
+                keep_only(~follow)
+                kt = torch.as_tensor(~follow).to(dev)
+                direction, slope, g = direction[kt], slope[~follow], ids.size
+        first = False
+        # ---- Armijo backtracking per problem (only the ones still failing are re-evaluated)
+        step = np.ones(g)
+        new_theta = theta + direction
+        nf_t, new_grad, ngmax_t, new_curv = _evaluate(data, new_theta, lam_t, curvature)
+        nf, ngmax = nf_t.cpu().numpy(), ngmax_t.cpu().numpy().astype(np.float64)
+        res.n_evals += 1
+        res.n_problem_evals += g
+        slack = noise * np.maximum(np.abs(f), 1.0)
+        ok = nf <= f + c1 * slope + slack
+        approx = np.zeros(g, dtype=bool)
+        for _ls in range(30):
+            if ok.all():
+                break
+            # near the optimum the objective's decrease drowns in its rounding: accept Hager & Zhang's
+            # approximate Wolfe step (f within eps, directional derivative risen to [0.9, -0.8] x its start)
+            sub = np.flatnonzero(~ok)
+            st = torch.as_tensor(sub).to(dev)
+            dphi = (new_grad[st].view(sub.size, 1, -1) @ direction[st].view(sub.size, -1, 1)).view(-1)
+            dphi = dphi.double().cpu().numpy()
+            aw = (nf[sub] <= f[sub] + eps_f * np.abs(f[sub])) & (dphi >= 0.9 * slope[sub]) & (dphi <= -0.8 * slope[sub])
+            ok[sub], approx[sub] = aw, aw
+            if ok.all():
+                break
+            sub = np.flatnonzero(~ok)
+            t = step[sub]
+            denom = 2 * (nf[sub] - f[sub] - slope[sub] * t)  # minimiser of the interpolating quadratic
+            t_new = np.clip(np.where(denom > 0, -slope[sub] * t * t / np.maximum(denom, 1e-300), 0.5 * t),
+                            0.1 * t, 0.5 * t)
+            step[sub] = t_new
+            st = torch.as_tensor(sub).to(dev)
+            trial = torch.addcmul(theta[st], torch.as_tensor(t_new, dtype=dt).to(dev)[:, None, None], direction[st])
+            tf, tg, tm, tc = _evaluate(data, trial, lam_t[st], curvature)
+            res.n_evals += 1
+            res.n_problem_evals += sub.size
+            new_theta[st], new_grad[st] = trial, tg
+            for nc, c in zip(new_curv, tc, strict=True):
+                nc[st] = c
+            nf[sub], ngmax[sub] = tf.cpu().numpy(), tm.cpu().numpy()
+            ok[sub] = nf[sub] <= f[sub] + c1 * t_new * slope[sub] + slack[sub]
+        # ---- curvature pair (kept when s'y is safely positive); the history rolls
+        s_new, y_new = new_theta - theta, new_grad - grad
+        pair = torch.stack([s_new.view(g, -1), y_new.view(g, -1)], 1)
+        gram = (pair @ pair.mT).double().cpu().numpy()  # [g, 2, 2]: s's, s'y, y'y
+        ss, sy, yy = gram[:, 0, 0], gram[:, 0, 1], gram[:, 1, 1]
+        good = ok & (sy > 1e-6 * np.sqrt(ss * yy))
+        if not good.all():
+            gm = torch.as_tensor(good).to(dev, dt)[:, None, None]
+            s_new, y_new = s_new * gm, y_new * gm
+        s_hist = torch.cat([s_hist[:, 1:], s_new[:, None]], 1)
+        y_hist = torch.cat([y_hist[:, 1:], y_new[:, None]], 1)
+        gamma = np.where(good, sy / np.maximum(yy, 1e-300), gamma)
+        stalled = ~ok | np.where(approx, ngmax >= gmax,
+                                 f - nf <= ftol * np.maximum(np.maximum(np.abs(f), np.abs(nf)), 1.0))
+        if ok.all():
+            theta, grad, curv, f, gmax = new_theta, new_grad, new_curv, nf, ngmax
+        else:
+            okt = torch.as_tensor(ok).to(dev)
+            theta[okt], grad[okt] = new_theta[okt], new_grad[okt]
+            for c, nc in zip(curv, new_curv, strict=True):
+                c[okt] = nc[okt]
+            f, gmax = np.where(ok, nf, f), np.where(ok, ngmax, gmax)
+        res.n_iter[ids] += 1
+        stalled &= gmax > tol
+        if stalled.any():
+            finish(stalled)
+        if lump and ids.size and (followers or ids.size > 1):
+            _regroup(ids, lam, theta[..., :d].abs().amax((1, 2)).double().cpu().numpy(), followers, tol,
+                     keep_only, spawn, append)
+    while ids.size:
+        finish(np.ones(ids.size, dtype=bool))
+    return res
+
+
+def _regroup(ids: np.ndarray, lam: np.ndarray, wmax: np.ndarray, followers: dict[int, list[int]], tol: float,
+             keep_only: Any, spawn: Any, append: Any) -> None:
+    """Lumping step of :func:`_lbfgs`: release followers that drifted, let new ones follow."""
+    pos = {int(i): p for p, i in enumerate(ids)}
+    hs, ps = [], []
+    for lead, group in followers.items():
+        p = pos[lead]
+        for h in [h for h in group if abs(lam[h] - lam[lead]) * wmax[p] > 0.5 * tol]:
+            group.remove(h)
+            hs.append(h)
+            ps.append(p)
+    follow = _lump(ids, lam, wmax, followers, tol)
+    for k in [k for k, v in followers.items() if not v]:
+        del followers[k]
+    sp = spawn(hs, ps) if hs else None  # (positions refer to the ids before keep_only)
+    if follow.any():
+        keep_only(~follow)
+    if sp is not None:
+        append(sp)
+
+
+def _lump(ids: np.ndarray, lam: np.ndarray, wmax: np.ndarray, followers: dict[int, list[int]], tol: float
+          ) -> np.ndarray:
+    """Which active problems (mask over ``ids``) start following their smaller-C neighbour; records them."""
+    order = np.argsort(-lam[ids], kind="stable")  # increasing C
+    follow = np.zeros(ids.size, dtype=bool)
+    lead = order[0]
+    for j in order[1:]:
+        if abs(lam[ids[lead]] - lam[ids[j]]) * wmax[lead] <= 0.25 * tol:
+            follow[j] = True
+            followers.setdefault(int(ids[lead]), []).extend([int(ids[j]), *followers.pop(int(ids[j]), [])])
+        else:
+            lead = j
+    return follow
+
+
+def _solve_grid(data: _Data, cs: Sequence[float], theta0: torch.Tensor | None = None, *, max_iter: int = 1000,
+                tol: float = 1e-4, history_size: int = 10, precondition: int | str = "auto",
+                lump: bool = True, seed: int = 0) -> GridSolution:
+    """Minimise ``mean loss + ||W||^2 / (2 C N)`` for every C of ``cs`` at once (batched L-BFGS).
+
+    One iteration evaluates every still-active problem with one ``[G K', D] x [D, N]`` and one
+    ``[G K', N] x [N, D]`` matmul (the features are read once for the whole grid) and takes a
+    per-problem quasi-Newton step (:func:`_lbfgs`). A problem stops when ``max|grad| <= tol`` in
+    sklearn's parametrisation (scipy L-BFGS-B's ``gtol``, to which sklearn passes ``tol``), when
+    its objective stops decreasing, or after ``max_iter`` iterations, and then leaves the batch.
+    """
+    dev, dt = data.x.device, data.x.dtype
+    n, d, k = data.n, data.d, data.k
+    lam = np.array([1.0 / (float(c) * n) for c in cs])
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if precondition == "auto":
+        # the basis costs ~2 min(N, 4096) D^2 flops, an evaluation ~4 N D G K': use it when that is a
+        # few evaluations (wide grids / many classes / many rows); else plain L-BFGS
+        rank = min(d, 128) if 2 * min(n, 4096) * d <= 8 * 4 * n * len(cs) * k else 0
+    else:
+        rank = min(int(precondition), d)
+    if rank > 0:
+        # a 4096-row covariance: ~the iterations of the full one at a fraction of its cost (fewer rows
+        # cost iterations: sample eigenvalues spread as D / rows grows)
+        rows = None if n <= 4096 else torch.randperm(n, generator=gen)[:4096].to(dev)
+        q, sigma, sigma0 = _spectral_basis(data.x if rows is None else data.x[rows], rank, gen)
+        precond = _Preconditioner(q, sigma, sigma0, data.softmax, data.fit_intercept)
+    else:
+        precond = _Preconditioner(None, None, 0.0, data.softmax, data.fit_intercept)
+    theta = torch.zeros(len(cs), k, d + 1, device=dev, dtype=dt) if theta0 is None else theta0
+    res = _lbfgs(data, lam, theta, precond, max_iter=max_iter, tol=tol, history_size=history_size, lump=lump)
+    w = res.theta[..., :d]
+    b = res.theta[..., d] - w @ data.mu
+    return GridSolution(tuple(float(c) for c in cs), w.contiguous(), b, res.f, res.n_iter.tolist(),
+                        res.converged.tolist(), res.n_evals, res.n_problem_evals, precond.rank)
+
+
+def _prepare(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, task: str, n_classes: int | None,
+             device: torch.device, dtype: torch.dtype, fit_intercept: bool) -> tuple[_Data, int]:
+    """Features and targets on the device; returns the data and the number of classes."""
+    if task not in ("binary", "multiclass", "multilabel"):
+        raise ValueError(f"task must be binary, multiclass or multilabel, got {task!r}")
+    xt = torch.as_tensor(x).to(device, dtype).contiguous()
+    n = xt.shape[0]
+    yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+    mu = xt.mean(0)
+    # centre (a copy) unless the means are already ~0, e.g. standardised features; never without intercept
+    centred = fit_intercept and bool(mu.abs().max() > 1e-3 * xt[:1024].abs().mean().clamp_min(1e-30))
+    if centred:
+        xt = xt - mu
+    else:
+        mu = torch.zeros_like(mu)
+    if task == "multilabel":
+        yt = yt.to(device, dtype)
+        known = (yt == 0) | (yt == 1)
+        target = torch.where(known, yt, torch.zeros_like(yt)).T.contiguous()
+        mask = None if bool(known.all()) else known.to(dtype).T.contiguous()
+        return _Data(xt, mu, False, target, None, mask, fit_intercept, centred), yt.shape[1]
+    if yt.ndim == 2:
+        yt = yt.argmax(1)
+    yt = yt.to(device, torch.long).reshape(-1)
+    k = max(int(yt.max().item()) + 1 if n else 2, n_classes or 0, 2)
+    if task == "binary":
+        return _Data(xt, mu, False, yt.to(dtype)[None].contiguous(), None, None, fit_intercept, centred), k
+    onehot = torch.zeros(k, n, device=device, dtype=dtype)
+    onehot[yt, torch.arange(n, device=device)] = 1
+    return _Data(xt, mu, True, onehot, yt.view(1, 1, n), None, fit_intercept, centred), k
+
+
+def _theta(coef: torch.Tensor, intercept: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    """[K', D+1] solver parameters (centred intercept) from sklearn-style coef/intercept."""
+    coef = coef.to(mu.device, mu.dtype)
+    return torch.cat([coef, (intercept.to(mu.device, mu.dtype) + coef @ mu)[:, None]], 1)
+
+
+def fit_logistic_grid(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, cs: Sequence[float],
+                      task: str = "multiclass", n_classes: int | None = None, max_iter: int = 1000,
+                      tol: float = 1e-4, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                      fit_intercept: bool = True, history_size: int = 10, precondition: int | str = "auto",
+                      lump: bool = True) -> list[TorchLogisticRegression]:
+    """One fitted :class:`TorchLogisticRegression` per C in ``cs``, all solved in one batched problem.
+
+    Each model is the solution sklearn's ``LogisticRegression(C=c, tol=tol)`` converges to (same
+    objective, same ``max|gradient| <= tol`` criterion); ``precondition``: ``"auto"``, 0 (plain
+    L-BFGS) or the rank of the covariance basis; ``lump``: let near-identical C values follow each
+    other (see :func:`_lbfgs`; False solves every C on its own, e.g. to check that lumping is exact).
+    """
+    dev = torch.device(device)
+    data, k = _prepare(x, y, task, n_classes, dev, dtype, fit_intercept)
+    sol = _solve_grid(data, cs, max_iter=max_iter, tol=tol, history_size=history_size, precondition=precondition,
+                      lump=lump)
+    models = []
+    for g, c in enumerate(sol.cs):
+        m = TorchLogisticRegression(C=c, task=task, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept,
+                                    device=dev, dtype=dtype, history_size=history_size, n_classes=k,
+                                    precondition=precondition)
+        m._set_solution(sol, g)
+        models.append(m)
+    return models
+
+
 class TorchLogisticRegression:
-    """Multinomial / binary / one-vs-rest logistic regression fitted by full-batch L-BFGS."""
+    """Multinomial / binary / one-vs-rest logistic regression (sklearn's objective), batched L-BFGS."""
 
     def __init__(self, C: float = 1.0, task: str = "multiclass", max_iter: int = 1000, tol: float = 1e-4,
                  fit_intercept: bool = True, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, history_size: int = 20, n_classes: int | None = None):
+                 dtype: torch.dtype = torch.float32, history_size: int = 10, n_classes: int | None = None,
+                 precondition: int | str = "auto"):
         if task not in ("binary", "multiclass", "multilabel"):
             raise ValueError(f"task must be binary, multiclass or multilabel, got {task!r}")
         self.C = float(C)
@@ -50,89 +607,41 @@ class TorchLogisticRegression:
         self.device = torch.device(device)
         self.dtype = dtype
         self.history_size = history_size
+        self.precondition = precondition
         self.coef_: torch.Tensor | None = None  # [K', D]
         self.intercept_: torch.Tensor | None = None  # [K']
         self.n_iter_ = 0
-        self.n_evals_ = 0
+        self.n_evals_ = 0  # batched evaluations of the fit (shared by every C of a grid)
+        self.n_problem_evals_ = 0  # evaluations counted per C (shared by every C of a grid)
+        self.converged_ = False
+        self.loss_ = float("nan")
         self.n_classes_ = n_classes or 0  # give it when a training subset may miss a class
 
-    # ------------------------------------------------------------------ helpers
-    def _tensor(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return torch.as_tensor(x).to(self.device, self.dtype)
-
-    def _targets(self, y: np.ndarray | torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Class indices (binary/multiclass) or a [N, K] 0/1 matrix plus its validity mask."""
-        y = torch.as_tensor(np.asarray(y))
-        if self.task == "multilabel":
-            y = y.to(self.device, self.dtype)
-            mask = ((y == 0) | (y == 1)).to(self.dtype)
-            return torch.where(mask > 0, y, torch.zeros_like(y)), mask
-        if y.ndim == 2:
-            y = y.argmax(1)
-        return y.to(self.device, torch.long), None
-
-    def _logits(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return x @ w.T + b
+    def _set_solution(self, sol: GridSolution, g: int) -> None:
+        self.coef_, self.intercept_ = sol.coef[g], sol.intercept[g]
+        self.n_iter_, self.converged_, self.loss_ = sol.n_iter[g], bool(sol.converged[g]), float(sol.loss[g])
+        self.n_evals_, self.n_problem_evals_ = sol.n_evals, sol.n_problem_evals
 
     # ------------------------------------------------------------------ API
     def fit(self, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
             warm_start: tuple[torch.Tensor, torch.Tensor] | None = None) -> TorchLogisticRegression:
         """Fit on features ``x`` [N, D] and labels (indices, one-hot or multilabel [N, K])."""
-        xt = self._tensor(x)
-        n, d = xt.shape
-        target, mask = self._targets(y, n)
-        if self.task == "multilabel":
-            k = target.shape[1]
-            k_out = k
-        else:
-            k = int(target.max().item()) + 1 if self.n_classes_ == 0 else self.n_classes_
-            k = max(k, 2)
-            k_out = 1 if self.task == "binary" else k
+        data, k = _prepare(x, y, self.task, self.n_classes_ or None, self.device, self.dtype, self.fit_intercept)
         self.n_classes_ = k
-        if warm_start is not None:
-            w = warm_start[0].detach().clone().to(self.device, self.dtype).requires_grad_(True)
-            b = warm_start[1].detach().clone().to(self.device, self.dtype).requires_grad_(True)
-        else:
-            w = torch.zeros(k_out, d, device=self.device, dtype=self.dtype, requires_grad=True)
-            b = torch.zeros(k_out, device=self.device, dtype=self.dtype, requires_grad=True)
-        params = [w, b] if self.fit_intercept else [w]
-        reg = 1.0 / (2.0 * self.C * n)
-        if self.task == "binary":
-            yb = target.to(self.dtype)
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=self.max_iter, tolerance_grad=self.tol,
-                                tolerance_change=1e-12, history_size=self.history_size,
-                                line_search_fn="strong_wolfe")
-        evals = 0
-
-        def closure() -> torch.Tensor:
-            nonlocal evals
-            evals += 1
-            opt.zero_grad(set_to_none=False)
-            z = self._logits(xt, w, b if self.fit_intercept else torch.zeros_like(b))
-            if self.task == "multiclass":
-                loss = F.cross_entropy(z, target)
-            elif self.task == "binary":
-                loss = F.binary_cross_entropy_with_logits(z[:, 0], yb)
-            else:
-                per = F.binary_cross_entropy_with_logits(z, target, reduction="none") * mask
-                loss = per.sum() / n
-            loss = loss + reg * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        state = opt.state[opt._params[0]]
-        self.n_iter_ = int(state.get("n_iter", evals))
-        self.n_evals_ = evals  # closure evaluations (line-search steps included)
-        self.coef_ = w.detach()
-        self.intercept_ = b.detach() if self.fit_intercept else torch.zeros_like(b).detach()
+        theta0 = None if warm_start is None else _theta(warm_start[0], warm_start[1], data.mu)[None]
+        sol = _solve_grid(data, (self.C,), theta0, max_iter=self.max_iter, tol=self.tol,
+                          history_size=self.history_size, precondition=self.precondition)
+        self._set_solution(sol, 0)
         return self
+
+    def _tensor(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(x).to(self.device, self.dtype)
 
     @torch.no_grad()
     def decision_function(self, x: np.ndarray | torch.Tensor) -> torch.Tensor:
         if self.coef_ is None or self.intercept_ is None:
             raise RuntimeError("fit() first")
-        return self._logits(self._tensor(x), self.coef_, self.intercept_)
+        return torch.addmm(self.intercept_, self._tensor(x), self.coef_.T)
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -153,7 +662,7 @@ class TorchLogisticRegression:
 
     @property
     def state(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(coef, intercept) to warm-start the next fit along a C grid."""
+        """(coef, intercept) to warm-start another fit."""
         if self.coef_ is None or self.intercept_ is None:
             raise RuntimeError("fit() first")
         return self.coef_, self.intercept_
@@ -218,20 +727,20 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
               n_classes: int, classes: Sequence[str] | None = None, c_grid: Sequence[float] = C_GRID,
               select_metric: str = "auroc", device: str = "cpu", max_iter: int = 1000,
               tol: float = 1e-4) -> ProbeFit:
-    """Fit one probe per C (increasing, warm-started) and keep the best on validation.
+    """Fit one probe per C (the whole grid solved as one batched problem) and keep the best on validation.
 
     Ties (and NaN validation metrics) resolve to the stronger regularisation (smaller C).
     """
     from medvl.evaluate.metrics import compute_metrics
 
+    grid = sorted(float(c) for c in c_grid)
+    models = fit_logistic_grid(x_train, _targets(y_train, task), grid, task=task, n_classes=n_classes,
+                               max_iter=max_iter, tol=tol, device=device)
+    x_val_t = torch.as_tensor(x_val).to(models[0].device, models[0].dtype)
     curve: dict[float, float] = {}
     best: tuple[float, float, TorchLogisticRegression] | None = None
-    state = None
-    for c in sorted(c_grid):
-        m = TorchLogisticRegression(C=c, task=task, max_iter=max_iter, tol=tol, device=device,
-                                    n_classes=n_classes).fit(x_train, _targets(y_train, task), warm_start=state)
-        state = m.state
-        probs = m.predict_proba(x_val)
+    for c, m in zip(grid, models, strict=True):
+        probs = m.predict_proba(x_val_t)
         scores = probs[:, 1:] if task == "binary" and y_val.shape[1] == 1 else probs
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -243,12 +752,10 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
         if not np.isnan(v) and (best is None or v > best[0] + 1e-12):
             best = (v, c, m)
     if best is None:  # metric undefined on validation for every C: fall back to the middle of the grid
-        c = sorted(c_grid)[len(c_grid) // 2]
+        c = grid[len(grid) // 2]
         warnings.warn(f"linear probe: validation {select_metric} undefined for every C; using C={c}",
                       RuntimeWarning, stacklevel=2)
-        model = TorchLogisticRegression(C=c, task=task, max_iter=max_iter, tol=tol, device=device,
-                                        n_classes=n_classes).fit(x_train, _targets(y_train, task))
-        return ProbeFit(model, c, curve, select_metric)
+        return ProbeFit(models[len(grid) // 2], c, curve, select_metric)
     return ProbeFit(best[2], best[1], curve, select_metric)
 
 
@@ -289,7 +796,8 @@ def linear_probe_features(train: Any, val: Any | None, test: Any, task: str, cla
                                 patient_ids=test.patient_ids, rows=test.rows)
             config = {"fraction": fraction, "seed": seed, "n_train": int(idx.size), "C": fit.C,
                       "select_metric": select_metric, "val_curve": {str(k): v for k, v in fit.val_curve.items()},
-                      "c_grid": list(c_grid), "solver": "torch-lbfgs", "n_iter": fit.model.n_iter_}
+                      "c_grid": list(c_grid), "solver": "torch-lbfgs-grid", "n_iter": fit.model.n_iter_,
+                      "converged": fit.model.converged_}
             results.append(make_result(preds, model_name, "linear-probe", dataset, split, config,
                                        n_boot=n_boot, seed=seed))
     return results
