@@ -13,15 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medvl.data.check import file_hash as sha256_file
+
 PROTOCOL_VERSION = 1  # bump when evaluation semantics change, so old cached results are not reused
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stable_hash(obj: Any) -> str:
