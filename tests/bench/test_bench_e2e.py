@@ -70,7 +70,8 @@ def test_bench_runs_every_task_and_records_failures(finished_bench: tuple[Path, 
     auroc = [r for r in records if r["metric"] == "auroc"]
     assert all(r["ci_low"] is None or r["ci_low"] <= r["value"] <= r["ci_high"] for r in auroc if r["value"])
     md = (out / "leaderboard.md").read_text()
-    for heading in ("At a glance", "zeroshot", "linear_probe [50% labels]", "supervised", "Robustness", "Failed jobs"):
+    for heading in ("At a glance", "zeroshot", "Per-finding AUROC", "linear_probe [50% labels]", "supervised",
+                    "Robustness", "Failed jobs"):
         assert heading in md
     assert json.loads((out / "failed.json").read_text())[0]["task"] == "broken"
 

@@ -137,6 +137,50 @@ def paired_markers(models: dict[str, list[tuple[int, EvalResult]]], metric: str,
     return best, pvalues
 
 
+def per_class_auroc(p: Predictions, n_boot: int = 1000, seed: int = 0) -> list[tuple[str, float, float, float, int]]:
+    """(class, AUROC, CI low, CI high, positives) per class, patient-level bootstrap (percentile 95%)."""
+    from medvl.evaluate.metrics import binary_auroc
+    from medvl.evaluate.stats import GroupResampler
+
+    if not p.label_task or p.labels.ndim != 2:
+        return []
+    classes = list(p.classes)
+    ks = [1] if p.label_task == "binary" and len(classes) == 2 else list(range(len(classes)))
+    resampler = GroupResampler(p.n, p.groups)
+    draws = list(resampler.replicates(n_boot, seed))
+    out = []
+    for k in ks:
+        y = _binary_labels(p, k)
+        ok = ~np.isnan(y)
+        yk, sk = y[ok], p.scores[ok, k]
+        if len(np.unique(yk)) < 2:
+            out.append((classes[k], float("nan"), float("nan"), float("nan"), int(yk.sum())))
+            continue
+        value = binary_auroc(yk, sk)
+        idx_ok = np.flatnonzero(ok)
+        pos = np.full(p.n, -1)
+        pos[idx_ok] = np.arange(idx_ok.size)
+        reps = []
+        for d in draws:
+            sel = pos[d]
+            sel = sel[sel >= 0]
+            reps.append(binary_auroc(yk[sel], sk[sel]))
+        reps_arr = np.array(reps, dtype=float)
+        reps_arr = reps_arr[~np.isnan(reps_arr)]
+        lo, hi = (np.percentile(reps_arr, [2.5, 97.5]) if reps_arr.size else (float("nan"), float("nan")))
+        out.append((classes[k], value, float(lo), float(hi), int(yk.sum())))
+    return out
+
+
+def _per_class_rows(models: dict[str, list[tuple[int, EvalResult]]], n_boot: int) -> list[tuple[str, list]]:
+    rows = []
+    for m, runs in models.items():
+        p = _first_predictions(runs)
+        if p is not None:
+            rows.append((m, per_class_auroc(p, n_boot)))
+    return rows
+
+
 # ------------------------------------------------------------------------------ plots
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
@@ -345,6 +389,12 @@ def render_markdown(suite: Suite, table: dict, outcome: BenchOutcome, sections: 
             cells = [_cell(_summary(models[m], k)) for k in metrics]
             lines.append(f"| {m}{_marker(m, best, pvals)} | " + " | ".join(cells) + " |")
         lines.append("")
+        if task.startswith("zeroshot"):
+            for m, per in _per_class_rows(models, suite.bootstrap):
+                lines += [f"Per-finding AUROC, {m} (95% CI, patient-level bootstrap):", "",
+                          "| class | AUROC [95% CI] | positives |", "|---|---|---|"]
+                lines += [f"| {c} | {_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}] | {n} |" for c, v, lo, hi, n in per]
+                lines.append("")
     lines += _robustness_md(table)
     if outcome.failed:
         lines += ["## Failed jobs", ""] + [f"- {f['job']}: {f['reason']}" for f in outcome.failed] + [""]
@@ -436,6 +486,13 @@ def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dic
                 for k in metrics)
             parts.append(f"<tr><td>{esc(m)}{mark}</td>{cells}</tr>")
         parts.append("</tbody></table></div>")
+        if task.startswith("zeroshot"):
+            for m, per in _per_class_rows(models, suite.bootstrap):
+                parts.append(f"<h3>Per-finding AUROC — {esc(m)}</h3><div class='wrap'><table class='perclass'>"
+                             "<thead><tr><th>class</th><th>AUROC [95% CI]</th><th>positives</th></tr></thead><tbody>")
+                parts += [f"<tr><td>{esc(c)}</td><td>{_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}]</td><td>{n}</td></tr>"
+                          for c, v, lo, hi, n in per]
+                parts.append("</tbody></table></div>")
         figs = []
         base = task.split(" [")[0]
         if not base.startswith("retrieval"):
