@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medvl.errors import ConfigError, MedvlError
+from medvl.errors import ConfigError
 
 if TYPE_CHECKING:
     from medvl.bench.runner import Job
@@ -69,32 +69,29 @@ def _t2i_top(encoder: Any, test: Features, k: int = 5) -> np.ndarray:
 def run_job(job: Job, encoder_spec: str, manifest_path: Path, suite: Suite, out_path: Path,
             encoder_options: dict[str, Any] | None = None) -> str | None:
     """Run one job and save its results at ``out_path``; return a skip reason instead when it does not apply."""
-    from medvl.data.manifest import load_manifest
-    from medvl.evaluate.features import extract_features, task_of
+    from medvl.evaluate.features import extract_features, load_eval_inputs
     from medvl.evaluate.results import save_results
-    from medvl.models.encoder import load_encoder
 
     params = _check_params(job)
-    manifest = load_manifest(manifest_path)
-    if manifest.card is None:
-        raise MedvlError(f"{manifest_path}: the bench needs a card.yaml beside the manifest (classes, task)")
-    classes = list(manifest.classes)
-    task = task_of(manifest, classes)
     dataset = job.task.dataset
     common = {"model_name": job.model, "dataset": dataset, "n_boot": suite.bootstrap}
     cache = out_path.parent.parent / "features"
 
-    if job.task.type == "finetune":
+    if job.task.type == "finetune":  # builds fresh encoders itself, one per seed
+        from medvl.data.manifest import load_manifest
         from medvl.evaluate.finetune import finetune, protocol_config
 
         protocol = params.pop("protocol", "default")
         cfg = protocol_config(protocol, **params)
-        results = finetune(encoder_spec, manifest, cfg, seeds=[job.seed], device=suite.device, split=job.task.split,
-                           encoder_kwargs=encoder_options or {}, model_name=job.model, n_boot=suite.bootstrap)
+        results = finetune(encoder_spec, load_manifest(manifest_path), cfg, seeds=[job.seed], device=suite.device,
+                           split=job.task.split, encoder_kwargs=encoder_options or {}, model_name=job.model,
+                           n_boot=suite.bootstrap)
         save_results(results, out_path)
         return None
 
-    encoder = load_encoder(encoder_spec, device=suite.device, **(encoder_options or {}))
+    # the same resolution of model + data as the `medvl eval` commands (card required)
+    inputs = load_eval_inputs(encoder_spec, manifest_path, suite.device, encoder_options)
+    encoder, manifest, task, classes = inputs.encoder, inputs.manifest, inputs.task, inputs.classes
     if job.task.type in ("zeroshot", "retrieval") and not encoder.has_text:
         return f"{job.model} has no text tower ({job.task.type} needs one)"
 

@@ -20,7 +20,6 @@ hash, size, channels or resize mode differ from what the dataset asks for is rej
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medvl.data.check import file_hash
 from medvl.data.manifest import Manifest, Sample, load_manifest
 from medvl.data.transforms import prepare_uint8
 from medvl.errors import ConfigError, ImageReadError, ManifestError, MedvlError
@@ -43,11 +43,7 @@ FORMAT_VERSION = 1
 
 def manifest_sha256(path: str | Path) -> str:
     """Content hash of the manifest file: any edit (row, label, path) invalidates a cache."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+    return file_hash(Path(path))
 
 
 def decode_uint8(path: Path) -> tuple[np.ndarray, int]:
