@@ -25,7 +25,7 @@ from medvl.config import to_dict
 from medvl.errors import ConfigError
 from medvl.models.config import ModelConfig
 from medvl.models.image_towers import build_image_tower
-from medvl.models.text_towers import build_text_tower
+from medvl.models.text_towers import build_text_tower, pool_tokens
 from medvl.models.tokenizer import Tokenizer, UntrainedTokenizer
 
 PROJECTIONS = ("linear", "mlp")
@@ -113,6 +113,37 @@ class CLIPModel(nn.Module):
     # -- encoders ----------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """``[B, C, H, W]`` (or ``[B, C, D, H, W]`` for 3D towers), values in [0, 1] -> ``[B, E]`` (not normalised)."""
+        return self.image_projection(self.visual(self.normalise_pixels(images)))
+
+    def encode_image_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """Pooled ``[B, E]`` plus local features ``[B, P, E]`` (not normalised) and their grid.
+
+        The local features go through the same projection as the pooled one, so with a linear
+        projection the global embedding is the mean of the local ones: patches and report words
+        live in the joint space without extra parameters (what grounding reads).
+        """
+        pooled, tokens, grid = self.visual.forward_tokens(self.normalise_pixels(images))
+        return self.image_projection(pooled), self.image_projection(tokens), grid
+
+    def encode_text_tokens(self, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled ``[B, E]`` plus per-token features ``[B, L, E]`` (not normalised)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.text.forward_tokens(input_ids, attention_mask)
+        pooled = pool_tokens(hidden, attention_mask, self.text.pool)
+        return self.text_projection(pooled), self.text_projection(hidden)
+
+    def word_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """1 where a token is a word of the text (not padding, not [CLS]/[SEP]/[MASK]...)."""
+        special = getattr(self.tokenizer, "special_ids", None) or []
+        keep = attention_mask.bool()
+        if special:
+            keep = keep & ~torch.isin(input_ids, torch.tensor(special, device=input_ids.device))
+        return keep.long()
+
+    def normalise_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Check the channel count and apply the model's mean/std (if it has them)."""
         if images.shape[1] != self.cfg.image.in_chans:
             raise ConfigError(f"images have {images.shape[1]} channels but the model expects "
                               f"image.in_chans={self.cfg.image.in_chans} (shape {tuple(images.shape)})")
@@ -122,7 +153,7 @@ class CLIPModel(nn.Module):
                 images = images - self.pixel_mean.to(images.dtype).view(view)
             if self.pixel_std is not None:
                 images = images / self.pixel_std.to(images.dtype).view(view)
-        return self.image_projection(self.visual(images))
+        return images
 
     def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids ``[B, L]`` -> ``[B, E]`` (not normalised)."""
@@ -133,13 +164,32 @@ class CLIPModel(nn.Module):
         images: torch.Tensor | None = None,
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor | None]:
-        """Normalised features of both modalities plus the (exp'd, clamped) scale and the bias."""
-        out: dict[str, torch.Tensor | None] = {}
+        return_tokens: bool = False,
+    ) -> dict[str, Any]:
+        """Normalised features of both modalities plus the (exp'd, clamped) scale and the bias.
+
+        ``return_tokens`` adds the local features the local-alignment objectives need:
+        ``patch_features`` ``[B, P, E]`` and ``patch_grid``; ``token_features`` ``[B, L, E]`` and
+        ``word_mask`` ``[B, L]`` (1 for report words); all features L2-normalised.
+        """
+        out: dict[str, Any] = {}
         if images is not None:
-            out["image_features"] = F.normalize(self.encode_image(images), dim=-1)
+            if return_tokens:
+                pooled, patches, grid = self.encode_image_tokens(images)
+                out["patch_features"], out["patch_grid"] = F.normalize(patches, dim=-1), grid
+            else:
+                pooled = self.encode_image(images)
+            out["image_features"] = F.normalize(pooled, dim=-1)
         if input_ids is not None:
-            out["text_features"] = F.normalize(self.encode_text(input_ids, attention_mask), dim=-1)
+            if return_tokens:
+                if attention_mask is None:
+                    attention_mask = torch.ones_like(input_ids)
+                pooled, tokens = self.encode_text_tokens(input_ids, attention_mask)
+                out["token_features"] = F.normalize(tokens, dim=-1)
+                out["word_mask"] = self.word_mask(input_ids, attention_mask)
+            else:
+                pooled = self.encode_text(input_ids, attention_mask)
+            out["text_features"] = F.normalize(pooled, dim=-1)
         out["logit_scale"] = self.logit_scale.exp().clamp(max=self.cfg.max_logit_scale)
         out["logit_bias"] = self.logit_bias
         return out

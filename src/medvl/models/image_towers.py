@@ -101,12 +101,42 @@ class TimmImageTower(nn.Module):
         if cfg.pretrained_weights and load_pretrained:
             load_timm_weights(self.trunk, cfg.pretrained_weights, cfg.in_chans)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         if h < self.min_size or w < self.min_size:
             x = F.interpolate(x, size=(max(h, self.min_size), max(w, self.min_size)), mode="bilinear",
                               align_corners=False)
-        return self.trunk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.trunk(self._fit(x))
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """Pooled features, the local features ``[B, P, C]`` they are pooled from, and their grid.
+
+        CNNs: the last feature map (``P = h * w`` cells, row-major); ViTs: the patch tokens
+        without the class/register tokens. Local alignment and grounding read these; the pooled
+        output equals :meth:`forward`.
+        """
+        x = self._fit(x)
+        feats = self.trunk.forward_features(x)
+        pooled = self.trunk.forward_head(feats)
+        if feats.ndim == 4:  # NCHW feature map
+            grid = (int(feats.shape[2]), int(feats.shape[3]))
+            tokens = feats.flatten(2).transpose(1, 2)
+        elif feats.ndim == 3 and hasattr(self.trunk, "patch_embed"):  # ViT: [B, prefix + P, C]
+            prefix = int(getattr(self.trunk, "num_prefix_tokens", 0))
+            tokens = feats[:, prefix:]
+            embed = self.trunk.patch_embed
+            grid = tuple(int(g) for g in (embed.dynamic_feat_size(tuple(x.shape[-2:]))
+                                          if hasattr(embed, "dynamic_feat_size") else embed.grid_size))
+            if grid[0] * grid[1] != tokens.shape[1]:
+                raise ConfigError(f"cannot map {tokens.shape[1]} tokens of {type(self.trunk).__name__} to a "
+                                  f"{grid[0]}x{grid[1]} patch grid")
+        else:
+            raise ConfigError(f"timm model {type(self.trunk).__name__} gives features of shape "
+                              f"{tuple(feats.shape)}; local features need an NCHW map or ViT patch tokens")
+        return pooled, tokens, grid
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if not hasattr(self.trunk, "set_grad_checkpointing"):
@@ -203,6 +233,16 @@ class ResNet3dTower(nn.Module):
             else:
                 x = stage(x)
         return x.mean(dim=(2, 3, 4))
+
+    def forward_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+        """Pooled features, the last stage's cells ``[B, D*H*W, C]`` and their ``(d, h, w)`` grid."""
+        if x.ndim != 5:
+            raise ConfigError(f"resnet3d expects volumes [B, C, D, H, W], got shape {tuple(x.shape)}")
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        grid = tuple(int(g) for g in x.shape[2:])
+        return x.mean(dim=(2, 3, 4)), x.flatten(2).transpose(1, 2), grid
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

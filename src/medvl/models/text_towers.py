@@ -98,6 +98,12 @@ class TransformerTextTower(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        return pool_tokens(self.forward_tokens(input_ids, attention_mask), attention_mask, self.pool)
+
+    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token states ``[B, L, width]`` after the final norm (what ``forward`` pools)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
         seq = input_ids.shape[1]
         if seq > self.context_length:
             raise ConfigError(f"input_ids length {seq} exceeds text.context_length {self.context_length}")
@@ -113,8 +119,7 @@ class TransformerTextTower(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(layer, x, causal, pad, use_reentrant=False)
             else:
                 x = layer(x, src_mask=causal, src_key_padding_mask=pad)
-        x = self.ln_final(x)
-        return pool_tokens(x, attention_mask, self.pool)
+        return self.ln_final(x)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
@@ -196,8 +201,13 @@ class HFTextTower(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool_tokens(hidden, attention_mask, self.pool)
+        return pool_tokens(self.forward_tokens(input_ids, attention_mask), attention_mask, self.pool)
+
+    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-token states ``[B, L, hidden]`` (the encoder's last hidden state)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     def resize_vocab(self, vocab_size: int) -> None:
         if vocab_size > self.model.get_input_embeddings().num_embeddings:

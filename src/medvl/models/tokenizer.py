@@ -47,6 +47,26 @@ class Tokenizer:
         return 0
 
     @property
+    def special_ids(self) -> list[int]:
+        """Ids of the special tokens ([PAD], [CLS], [SEP], [MASK], ...): not words of the report."""
+        ids = {self.pad_id}
+        for tok in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<s>", "</s>", "<pad>", "<mask>",
+                    "<|startoftext|>", "<|endoftext|>"):
+            idx = self.backend.token_to_id(tok)
+            if idx is not None:
+                ids.add(int(idx))
+        return sorted(ids)
+
+    @property
+    def mask_id(self) -> int | None:
+        """Id of the mask token used by masked language modelling (None if the vocabulary has none)."""
+        for tok in ("[MASK]", "<mask>"):
+            idx = self.backend.token_to_id(tok)
+            if idx is not None:
+                return int(idx)
+        return None
+
+    @property
     def vocab_size(self) -> int:
         """Number of ids the embedding table must cover (special and added tokens included)."""
         return self.backend.get_vocab_size(with_added_tokens=True)
