@@ -6,6 +6,9 @@ a scalar ``"loss"``; ``outputs`` is what :class:`medvl.models.CLIPModel` returns
 ``batch`` the collated dataset batch (``labels``, ``text``...). Losses gather across ranks
 themselves (:mod:`medvl.objectives.distributed`).
 
+Objectives that need local features, forward passes of their own or the dataset card declare
+it (``needs_tokens``, ``needs_model``, ``bind``): see :mod:`medvl.objectives.context`.
+
 Adding a loss: one file with the module + one ``register_objective("name")`` line.
 """
 
@@ -19,8 +22,13 @@ import torch
 from torch import nn
 
 from medvl.errors import ConfigError
+from medvl.objectives.context import ObjectiveContext, TrainingDataInfo
+from medvl.objectives.describe import DescriptionLoss
+from medvl.objectives.distill import MomentumDistillationLoss
 from medvl.objectives.distributed import gather_features
 from medvl.objectives.infonce import InfoNCELoss
+from medvl.objectives.local import LocalAlignmentLoss
+from medvl.objectives.masked import MaskedImageLoss, MaskedTextLoss
 from medvl.objectives.multipositive import MultiPositiveLoss
 from medvl.objectives.queue import QueueLoss
 from medvl.objectives.siglip import SigLIPLoss
@@ -42,6 +50,11 @@ register_objective("infonce")(InfoNCELoss)
 register_objective("siglip")(SigLIPLoss)
 register_objective("multipositive")(MultiPositiveLoss)
 register_objective("queue")(QueueLoss)
+register_objective("local")(LocalAlignmentLoss)
+register_objective("mim")(MaskedImageLoss)
+register_objective("mlm")(MaskedTextLoss)
+register_objective("distill")(MomentumDistillationLoss)
+register_objective("describe")(DescriptionLoss)
 
 
 class CombinedObjective(nn.Module):
@@ -54,12 +67,36 @@ class CombinedObjective(nn.Module):
         self.losses = nn.ModuleDict({name: module for name, module, _ in terms})
         self.weights = {name: float(w) for name, _, w in terms}
 
-    def forward(self, outputs: dict[str, Any], batch: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    @property
+    def needs_tokens(self) -> bool:
+        """True when a term reads local features (the model forward needs ``return_tokens=True``)."""
+        return any(getattr(m, "needs_tokens", False) for m in self.losses.values())
+
+    @property
+    def needs_model(self) -> list[str]:
+        """Names of the terms that run forward passes of their own (they get an ObjectiveContext)."""
+        return [n for n, m in self.losses.items() if getattr(m, "needs_model", False)]
+
+    def bind(self, model: nn.Module, data: TrainingDataInfo | None = None) -> None:
+        """Let every term that has ``bind`` size itself to the model / read the card (before the optimizer)."""
+        for module in self.losses.values():
+            bind = getattr(module, "bind", None)
+            if callable(bind):
+                bind(model, data)
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any] | None = None,
+                context: ObjectiveContext | None = None) -> dict[str, torch.Tensor]:
         batch = batch if batch is not None else {}
         result: dict[str, torch.Tensor] = {}
         total: torch.Tensor | None = None
         for name, module in self.losses.items():
-            out = module(outputs, batch)
+            if getattr(module, "needs_model", False):
+                if context is None:
+                    raise ConfigError(f"objective {name!r} runs its own forward passes and needs the training "
+                                      f"context (model + inputs); call it through the trainer")
+                out = module(outputs, batch, context=context)
+            else:
+                out = module(outputs, batch)
             result[name] = out["loss"]
             for key, value in out.items():
                 if key != "loss":
@@ -114,10 +151,17 @@ def build_objective(specs: str | dict[str, Any] | Sequence[str | dict[str, Any]]
 __all__ = [
     "OBJECTIVES",
     "CombinedObjective",
+    "DescriptionLoss",
     "InfoNCELoss",
+    "LocalAlignmentLoss",
+    "MaskedImageLoss",
+    "MaskedTextLoss",
+    "MomentumDistillationLoss",
     "MultiPositiveLoss",
+    "ObjectiveContext",
     "QueueLoss",
     "SigLIPLoss",
+    "TrainingDataInfo",
     "build_objective",
     "gather_features",
     "register_objective",

@@ -35,6 +35,9 @@ class TrainData:
     collate: Callable[[list[Any]], dict[str, Any]]
     skipped_empty_text: int = 0
     skip_report: Path | None = None
+    classes: list[str] = field(default_factory=list)
+    task: str = "multilabel"
+    card: Any | None = None  # the manifest's DatasetCard (description-enhanced objectives read it)
     _skip_counter: Callable[[], int] = field(default=lambda: 0, repr=False)
 
     def fingerprint(self) -> str:
@@ -105,9 +108,13 @@ def _from_manifest(cfg: DataConfig, seed: int, out_dir: Path | None) -> TrainDat
     texts = [s.text for s in split.samples]
     rows = [s.row for s in split.samples]
     usable = apply_empty_text_policy(texts, rows, cfg.empty_text, str(manifest_path))
+    card = getattr(manifest, "card", None)
+    classes = list(manifest.classes)
+    task = str(getattr(card, "task", None) or "multilabel")
     return TrainData(dataset=dataset, indices=usable, train_texts=[texts[i] for i in usable],
                      collate=collate_samples, skipped_empty_text=len(texts) - len(usable),
-                     skip_report=skip_report, _skip_counter=lambda: count_skipped(skip_report))
+                     skip_report=skip_report, classes=classes, task=task, card=card,
+                     _skip_counter=lambda: count_skipped(skip_report))
 
 
 def _from_shards(cfg: DataConfig, seed: int) -> TrainData:

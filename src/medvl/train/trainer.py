@@ -167,10 +167,18 @@ def model_overrides(cfg: TrainConfig) -> dict[str, Any]:
     return ov
 
 
-def _build_objective(cfg: TrainConfig, info: DistInfo) -> nn.Module:
-    from medvl.objectives import build_objective
+def _build_objective(cfg: TrainConfig, info: DistInfo, model: nn.Module, data: TrainData) -> nn.Module:
+    """The configured objectives, bound to the model and the training data (before the optimizer
+    exists, so heads they create are trained)."""
+    from medvl.objectives import TrainingDataInfo, build_objective
 
-    return build_objective(cfg.objectives)
+    objective = build_objective(cfg.objectives)
+    own_passes = objective.needs_model
+    if own_passes and info.enabled:
+        raise ConfigError(f"objective(s) {', '.join(own_passes)} run forward passes of their own (masked "
+                          f"inputs, an EMA teacher) and support single-process training only; drop --nproc")
+    objective.bind(model, TrainingDataInfo(classes=list(data.classes), task=data.task, card=data.card))
+    return objective
 
 
 def _diverged(what: str, value: float, step: int, pos: tuple[int, int], rows: list[Any],
@@ -274,7 +282,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
     volumetric = any(p.ndim == 5 for p in model.parameters())  # 3D towers keep the default layout
     memory_format = torch.channels_last if cfg.train.channels_last and not volumetric else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # affects 4D (conv) weights only
-    objective = _build_objective(cfg, info).to(device)
+    objective = _build_objective(cfg, info, model, data).to(device)
     core: nn.Module = model
     if info.enabled:
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in core.modules())
@@ -393,7 +401,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
                 sync = contextlib.nullcontext() if last_micro or not info.enabled else model.no_sync()
                 with sync:
                     loss_dict = forward_loss(forward_model, objective, images, ids, mask, batch,
-                                             cfg.train.precision)
+                                             cfg.train.precision, core=core)
                     loss = loss_dict["loss"]
                     names = sorted(k for k in loss_dict if k != "loss" and torch.is_tensor(loss_dict[k])
                                    and loss_dict[k].numel() == 1)
@@ -472,15 +480,28 @@ def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple
 
 
 def forward_loss(model: nn.Module, objective: nn.Module, images: torch.Tensor, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor, batch: dict[str, Any], precision: str = "fp32") -> dict[str, Any]:
+                 attention_mask: torch.Tensor, batch: dict[str, Any], precision: str = "fp32",
+                 core: nn.Module | None = None) -> dict[str, Any]:
     """One forward pass and the objective's loss dict (the towers under bf16 autocast if asked).
 
     The loss itself runs in fp32: bf16 logits lose the resolution a softmax over the batch needs.
+    Objectives that read local features get ``return_tokens=True``; those that run forward passes
+    of their own (masked inputs, a teacher) get the unwrapped model ``core`` and the step's inputs.
     """
+    tokens = bool(getattr(objective, "needs_tokens", False))
+    own_passes = bool(getattr(objective, "needs_model", False))
     with _autocast(images.device, precision):
-        out = model(images, input_ids, attention_mask)
-    out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
-    return objective(out, batch)
+        out = model(images, input_ids, attention_mask, return_tokens=True) if tokens else \
+            model(images, input_ids, attention_mask)
+    out = {k: (v.float() if torch.is_tensor(v) and v.is_floating_point() else v) for k, v in out.items()}
+    if not own_passes:
+        return objective(out, batch)
+    from medvl.objectives import ObjectiveContext
+
+    context = ObjectiveContext(model=core if core is not None else model, images=images,
+                               input_ids=input_ids, attention_mask=attention_mask)
+    with _autocast(images.device, precision):  # their extra tower passes; they compute losses in fp32
+        return objective(out, batch, context=context)
 
 
 def clip_gradients(params: list[torch.Tensor], max_norm: float | None) -> float:
