@@ -123,6 +123,28 @@ def retrieval_cmd(model: str = _model, data: Path = _data, split: str = _split, 
     _report(res, out, f"retrieval: {inp.model_name} on {inp.dataset}/{split}")
 
 
+@eval_app.command("grounding")
+def grounding_cmd(model: str = _model, data: Path = _data, split: str = _split, out: Path | None = _out,
+                  threshold: float = typer.Option(0.5, "--threshold",
+                                                  help="IoU: binarise the min-max normalised map at this value."),
+                  temperature: float = typer.Option(10.0, "--temperature",
+                                                    help="Word-to-patch attention temperature (GLoRIA-style)."),
+                  n_boot: int = _n_boot, seed: int = _seed, device: str = _device,
+                  batch_size: int = typer.Option(64, "--batch-size", help="Images (and phrases) per batch."),
+                  verbose: bool = _verbose) -> None:
+    """Phrase grounding on the manifest's finding masks: pointing game, IoU, map AUROC with 95% CIs."""
+    from medvl.evaluate.features import load_eval_inputs
+    from medvl.evaluate.grounding import grounding_eval, grounding_table
+
+    _setup(verbose)
+    inp = load_eval_inputs(model, data, device)
+    res = grounding_eval(inp.encoder, inp.manifest, split, n_boot=n_boot, seed=seed, batch_size=batch_size,
+                         threshold=threshold, temperature=temperature, device=device, model_name=inp.model_name,
+                         dataset=inp.dataset)
+    _report(res, out, f"grounding: {inp.model_name} on {inp.dataset}/{split}")
+    console.print(grounding_table(res))
+
+
 @eval_app.command("linear-probe")
 def linear_probe_cmd(model: str = _model, data: Path = _data, split: str = _split, out: Path | None = _out,
                      fractions: str = typer.Option("1.0", "--fractions",
