@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from medvl.evaluate.results import EvalResult, Predictions
 
 HEADLINE = {"zeroshot": "auroc", "linear_probe": "auroc", "knn": "auroc", "finetune": "auroc",
-            "robustness": "auroc", "retrieval": "t2i_R@5"}
+            "robustness": "auroc", "retrieval": "t2i_R@5", "grounding": "pointing_game"}
 HIGHER_IS_BETTER_EXCEPT = ("ece", "i2t_median_rank", "t2i_median_rank")
 ALPHA = 0.05
 
@@ -301,8 +301,24 @@ def _thumbnail(path: Path, size: int = 72) -> str | None:
 
 # ------------------------------------------------------------------------------ writers
 def write_reports(suite: Suite, entries: list[tuple[Job, Path]], outcome: BenchOutcome,
-                  manifests: dict[str, Path], out_dir: Path) -> tuple[Path, Path, Path]:
+                  manifests: dict[str, Path], out_dir: Path,
+                  train_runs: dict[str, Path] | None = None) -> tuple[Path, Path, Path]:
+    """Write results.jsonl, leaderboard.md, report.html (and ablation.json when the suite has families).
+
+    ``train_runs``: run directory of each trained family member, where the ablation reads the
+    training throughput.
+    """
+    from medvl.bench.ablation import build_ablation
+
     table = collect(entries)
+    ablation = build_ablation(suite, entries, train_runs)
+    ablation_path = out_dir / "ablation.json"
+    if ablation is not None:
+        tmp = ablation_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(ablation, indent=1))
+        tmp.replace(ablation_path)
+    else:
+        ablation_path.unlink(missing_ok=True)  # a suite that dropped its families must not leave a stale one
     results_path = out_dir / "results.jsonl"
     with results_path.open("w") as f:
         for job, path in entries:
@@ -310,9 +326,9 @@ def write_reports(suite: Suite, entries: list[tuple[Job, Path]], outcome: BenchO
                 rec.update({"bench_model": job.model, "seed": job.seed, "bench_task": job.task.name})
                 f.write(json.dumps(rec) + "\n")
     sections = _sections(table, suite.bootstrap)  # paired tests run once, for both renderings
-    md = render_markdown(suite, table, outcome, sections)
+    md = render_markdown(suite, table, outcome, sections, ablation)
     (out_dir / "leaderboard.md").write_text(md)
-    page = render_html(suite, table, outcome, manifests, sections)
+    page = render_html(suite, table, outcome, manifests, sections, ablation)
     (out_dir / "report.html").write_text(page)
     return results_path, out_dir / "leaderboard.md", out_dir / "report.html"
 
@@ -371,7 +387,8 @@ def summary_rows(sections: list[Section]) -> tuple[list[str], list[tuple[str, li
     return columns, rows
 
 
-def render_markdown(suite: Suite, table: dict, outcome: BenchOutcome, sections: list[Section] | None = None) -> str:
+def render_markdown(suite: Suite, table: dict, outcome: BenchOutcome, sections: list[Section] | None = None,
+                    ablation: dict[str, Any] | None = None) -> str:
     lines = [f"# Leaderboard — suite `{suite.name}`", "",
              "Values: mean ± sd over seeds [95% bootstrap CI, patient-level, averaged over seeds]. "
              "★ best on the headline metric; † differs from ★ (paired bootstrap p < 0.05).", ""]
@@ -381,6 +398,10 @@ def render_markdown(suite: Suite, table: dict, outcome: BenchOutcome, sections: 
         lines += ["## At a glance (headline metric per task)", "", "| model | " + " | ".join(columns) + " |",
                   "|---|" + "---|" * len(columns)]
         lines += [f"| {m} | " + " | ".join(cells) + " |" for m, cells in rows] + [""]
+    if ablation is not None:
+        from medvl.bench.ablation import ablation_markdown
+
+        lines += ablation_markdown(ablation)
     for (task, dataset, split), models, metrics, head, best, pvals in sections:
         lines += [f"## {task} — {dataset} / {split} (headline: {head})", ""]
         lines.append("| model | " + " | ".join(metrics) + " |")
@@ -455,7 +476,7 @@ td.best{font-weight:600}.mark{color:#b3261e}.figs{display:flex;flex-wrap:wrap;ga
 
 
 def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dict[str, Path],
-                sections: list[Section] | None = None) -> str:
+                sections: list[Section] | None = None, ablation: dict[str, Any] | None = None) -> str:
     esc = html.escape
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -474,6 +495,10 @@ def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dic
             parts.append(f"<tr><td>{esc(m)}</td>" + "".join(
                 f"<td>{esc(c).replace('†', '<span class=mark>†</span>')}</td>" for c in cells) + "</tr>")
         parts.append("</tbody></table></div></section>")
+    if ablation is not None:
+        from medvl.bench.ablation import ablation_html
+
+        parts.append(ablation_html(ablation))
     for (task, dataset, split), models, metrics, head, best, pvals in sections:
         sec_id = esc(f"{task}-{dataset}-{split}".replace(" ", "_"))
         parts.append(f"<section id='{sec_id}'><h2>{esc(task)} — {esc(dataset)} / {esc(split)}</h2>")

@@ -24,7 +24,7 @@ from medvl.bench.store import (
     encoder_fingerprint,
     stable_hash,
 )
-from medvl.bench.suite import TEXT_TASKS, DatasetSpec, ModelSpec, Suite, TaskSpec
+from medvl.bench.suite import FAMILY_SEP, TEXT_TASKS, DatasetSpec, ModelSpec, Suite, TaskSpec
 from medvl.errors import ConfigError, MedvlError
 
 console = Console()
@@ -94,13 +94,22 @@ def _train_fingerprint(spec: ModelSpec, data_fps: dict[str, str]) -> tuple[str, 
     return stable_hash({"train": cfg_dict, "data": data_fp, "v": PROTOCOL_VERSION}), cfg_dict
 
 
+def train_run_dir(name: str, spec: ModelSpec, out_dir: Path, data_fps: dict[str, str]) -> Path:
+    """Where a ``train:`` model is trained: ``models/<name>-<config hash>``.
+
+    A family member ``plain@1`` gets ``models/plain-seed1-<hash>``: the ``@`` is kept out of paths
+    because encoder specs use it as a separator (``timm:name@weights``).
+    """
+    fp, _ = _train_fingerprint(spec, data_fps)
+    return out_dir / "models" / f"{name.replace(FAMILY_SEP, '-seed')}-{fp[:12]}"
+
+
 def resolve_model(name: str, spec: ModelSpec, out_dir: Path, data_fps: dict[str, str]) -> tuple[str, str]:
     """Return (encoder spec, fingerprint); trains the model first when the suite says so (cached)."""
     if spec.encoder:
         return spec.encoder, encoder_fingerprint(spec.encoder)
     assert spec.train is not None
-    fp, _ = _train_fingerprint(spec, data_fps)
-    run_dir = out_dir / "models" / f"{name}-{fp[:12]}"
+    run_dir = train_run_dir(name, spec, out_dir, data_fps)
     final = run_dir / "final"
     if (final / "weights.safetensors").is_file():
         return str(final), encoder_fingerprint(str(final))
@@ -175,8 +184,11 @@ def run_suite(suite: Suite, out_dir: str | Path, *, rerun_failed: bool = True) -
     for j in jobs:
         if j.key and store.skipped_path(j.key).is_file() and not any(s["job"] == j.label for s in outcome.skipped):
             outcome.skipped.append(json.loads(store.skipped_path(j.key).read_text()))
+    # The family members' run directories hold their training logs (samples/s for the ablation's cost column).
+    train_runs = {m: train_run_dir(m, suite.models[m], out_dir, data_fps)
+                  for members in suite.families.values() for m in members.values()}
     outcome.results_path, outcome.leaderboard_path, outcome.report_path = write_reports(
-        suite, done, outcome, manifests, out_dir)
+        suite, done, outcome, manifests, out_dir, train_runs=train_runs)
     outcome.wall_s = time.perf_counter() - start
     return outcome
 
@@ -184,8 +196,7 @@ def run_suite(suite: Suite, out_dir: str | Path, *, rerun_failed: bool = True) -
 def _trained_final(name: str, spec: ModelSpec, out_dir: Path, data_fps: dict[str, str]) -> Path | None:
     if not spec.train:
         return None
-    fp, _ = _train_fingerprint(spec, data_fps)
-    final = out_dir / "models" / f"{name}-{fp[:12]}" / "final"
+    final = train_run_dir(name, spec, out_dir, data_fps) / "final"
     return final if (final / "weights.safetensors").is_file() else None
 
 

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medvl.errors import ConfigError
+from medvl.bench.suite import TEXT_TASKS
+from medvl.errors import ConfigError, MedvlError
 
 if TYPE_CHECKING:
     from medvl.bench.runner import Job
@@ -26,6 +27,7 @@ PARAMS = {
     "knn": {"ks", "temperature"},
     "finetune": {"protocol", "epochs", "lr", "batch_size", "patience", "augment", "small_stem"},
     "robustness": {"in_site", "fractions"},
+    "grounding": {"threshold", "temperature", "batch_size"},
 }
 IGNORED_PARAMS = {"image_size"}  # informational in suites: the encoder's own preprocessing decides
 
@@ -92,8 +94,11 @@ def run_job(job: Job, encoder_spec: str, manifest_path: Path, suite: Suite, out_
     # the same resolution of model + data as the `medvl eval` commands (card required)
     inputs = load_eval_inputs(encoder_spec, manifest_path, suite.device, encoder_options)
     encoder, manifest, task, classes = inputs.encoder, inputs.manifest, inputs.task, inputs.classes
-    if job.task.type in ("zeroshot", "retrieval") and not encoder.has_text:
+    if job.task.type in TEXT_TASKS and not encoder.has_text:
         return f"{job.model} has no text tower ({job.task.type} needs one)"
+    if job.task.type == "grounding":  # reads the image tower's patch tokens itself: no pooled features needed
+        save_results(_grounding(job, encoder, manifest, params, common, suite.device), out_path)
+        return None
 
     def feats(split: str) -> Features:
         return extract_features(encoder, manifest, split, cache_dir=cache)
@@ -168,3 +173,20 @@ def _robustness(job: Job, params: dict[str, Any], manifest: Any, feats: Any, val
                                     device=suite.device, split=job.task.split, **common)
         results += _tag(res, tag)
     return results
+
+
+def _grounding(job: Job, encoder: Any, manifest: Any, params: dict[str, Any], common: dict[str, Any],
+               device: str) -> list[EvalResult]:
+    """Phrase grounding (pointing game, IoU, map AUROC) via :func:`medvl.evaluate.grounding.grounding_eval`.
+
+    Imported here, not at module level, so a checkout without the grounding evaluator still runs
+    every other task; only grounding jobs then fail, with this reason.
+    """
+    try:
+        from medvl.evaluate.grounding import grounding_eval
+    except ImportError as exc:
+        raise MedvlError(f"task {job.task.name!r} (grounding) needs medvl.evaluate.grounding.grounding_eval, "
+                         f"which this installation does not provide ({exc})") from exc
+    results = grounding_eval(encoder, manifest, split=job.task.split, n_boot=common["n_boot"], seed=job.seed,
+                             device=device, model_name=job.model, dataset=common["dataset"], **params)
+    return list(results) if isinstance(results, (list, tuple)) else [results]
