@@ -69,3 +69,28 @@ def test_objectives_needing_own_passes_refuse_ddp_and_describe_needs_a_card(phan
     with pytest.raises(ConfigError, match="card"):
         train(_cfg(tiny_manifest, tmp_path / "nocard", [{"name": "infonce"}, {"name": "describe"}]))
     assert not (tmp_path / "nocard" / "checkpoints").exists()
+
+
+def test_cli_trains_with_local_alignment_and_the_model_grounds(phantoms: Path, tmp_path: Path) -> None:
+    """``medvl train`` with a literature objective from the command line, then ``medvl eval grounding``."""
+    import json
+
+    from trainutil import write_config
+    from typer.testing import CliRunner
+
+    from medvl.cli.app import app
+
+    cfg = _cfg(phantoms, tmp_path / "run", [{"name": "infonce"}]).to_dict()
+    config = write_config(tmp_path / "cfg.yaml", cfg)
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--config", str(config), "train.max_steps=3",
+                              "objectives=[{name: infonce}, {name: local, weight: 0.5}]"])
+    assert res.exit_code == 0, res.output
+    metrics = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert "local" in metrics.split(",")
+    out = tmp_path / "grounding.json"
+    res = runner.invoke(app, ["eval", "grounding", "--model", str(tmp_path / "run" / "last"), "--data",
+                              str(phantoms), "--split", "train", "--n-boot", "50", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    metrics = {r["metric"] for r in json.loads(out.read_text())}
+    assert {"pointing_game", "map_auroc"} <= metrics
