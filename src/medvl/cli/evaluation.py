@@ -1,4 +1,4 @@
-"""``medvl eval ...``: zeroshot, retrieval, linear-probe, knn, finetune, compare.
+"""``medvl eval ...``: zeroshot, retrieval, linear-probe, knn, finetune, grounding, compare.
 
 Each command parses its options, calls one library function of :mod:`medvl.evaluate` and prints
 a rich table; ``--out results.json`` also writes the JSON records and the per-sample predictions

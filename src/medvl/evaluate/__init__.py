@@ -1,4 +1,4 @@
-"""Evaluators: zero-shot, retrieval, linear probe, kNN, fine-tuning; metrics, statistics, results.
+"""Evaluators: zero-shot, retrieval, linear probe, kNN, fine-tuning, grounding; metrics, statistics, results.
 
 Every evaluator works the same way for any encoder (medvl checkpoint or ``timm:<name>``):
 frozen features are extracted once per split (:mod:`~medvl.evaluate.features`, cached), a task
@@ -15,12 +15,14 @@ Public API::
     compare_files(a, b), compare_predictions(a, b)
     extract_features(encoder, manifest, split, cache_dir=None) -> Features
     zeroshot_features, retrieval_features, linear_probe_features, knn_features, finetune
+    grounding_eval(model, manifest, split) -> EvalResult   (attention maps vs finding masks)
     TorchLogisticRegression, knn_scores
 """
 
 from medvl.evaluate.compare import compare_files, compare_predictions
 from medvl.evaluate.features import Features, extract_features
 from medvl.evaluate.finetune import finetune, protocol_config
+from medvl.evaluate.grounding import grounding_eval
 from medvl.evaluate.knn import knn_features, knn_scores
 from medvl.evaluate.linear_probe import TorchLogisticRegression, linear_probe_features
 from medvl.evaluate.metrics import METRICS, AbsentClassWarning, MetricResult, compute_metrics
@@ -54,6 +56,7 @@ __all__ = [
     "delong_test",
     "extract_features",
     "finetune",
+    "grounding_eval",
     "knn_features",
     "knn_scores",
     "linear_probe_features",
