@@ -30,12 +30,6 @@ from torch import nn
 from medvl.errors import ConfigError
 
 
-def word_patch_attention(words: torch.Tensor, patches: torch.Tensor, attn_temperature: float) -> torch.Tensor:
-    """Attention of each word over each image's patches: ``[Bt, L, Bi, P]`` (softmax over P)."""
-    sim = torch.einsum("tle,ipe->tlip", words, patches)
-    return torch.softmax(attn_temperature * sim, dim=-1)
-
-
 def local_similarity(words: torch.Tensor, word_mask: torch.Tensor, patches: torch.Tensor,
                      attn_temperature: float = 4.0, agg_temperature: float = 5.0) -> torch.Tensor:
     """Pairwise local scores ``S[image i, report t]`` ``[Bi, Bt]`` (see the module docstring).
@@ -43,9 +37,14 @@ def local_similarity(words: torch.Tensor, word_mask: torch.Tensor, patches: torc
     ``words`` [Bt, L, E] and ``patches`` [Bi, P, E] L2-normalised; ``word_mask`` [Bt, L]. A report
     without words scores 0 against every image (no evidence either way).
     """
-    attn = word_patch_attention(words, patches, attn_temperature)           # [Bt, L, Bi, P]
-    context = torch.einsum("tlip,ipe->tlie", attn, patches)                  # [Bt, L, Bi, E]
-    agree = F.cosine_similarity(context, words.unsqueeze(2), dim=-1)        # [Bt, L, Bi]
+    # cos(c, w) without materialising the contexts c [Bt, L, Bi, E]: c.w = sum_p a_p (patch_p.w) and
+    # |c|^2 = a^T G a with G the Gram matrix of each image's patches (exact; ~2x faster on CPU).
+    sim = torch.einsum("tle,ipe->tlip", words, patches)                     # [Bt, L, Bi, P]
+    attn = torch.softmax(attn_temperature * sim, dim=-1)
+    dot = (attn * sim).sum(dim=-1)                                           # c . w   [Bt, L, Bi]
+    gram = patches @ patches.transpose(1, 2)                                 # [Bi, P, P]
+    norm2 = (torch.einsum("tlip,ipq->tliq", attn, gram) * attn).sum(dim=-1)  # |c|^2
+    agree = dot / (norm2.clamp(min=1e-16).sqrt() * words.norm(dim=-1, keepdim=True).clamp(min=1e-8))
     mask = word_mask.bool().unsqueeze(-1).expand_as(agree)
     scaled = (agg_temperature * agree).masked_fill(~mask, float("-inf"))
     score = torch.logsumexp(scaled, dim=1) / agg_temperature                 # [Bt, Bi]
