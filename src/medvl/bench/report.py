@@ -328,7 +328,10 @@ def write_reports(suite: Suite, entries: list[tuple[Job, Path]], outcome: BenchO
     sections = _sections(table, suite.bootstrap)  # paired tests run once, for both renderings
     md = render_markdown(suite, table, outcome, sections, ablation)
     (out_dir / "leaderboard.md").write_text(md)
-    page = render_html(suite, table, outcome, manifests, sections, ablation)
+    from medvl.bench.grounding_figures import bench_grounding_examples
+
+    grounding = bench_grounding_examples(suite, sections, manifests, out_dir)  # maps recomputed from the models
+    page = render_html(suite, table, outcome, manifests, sections, ablation, grounding)
     (out_dir / "report.html").write_text(page)
     return results_path, out_dir / "leaderboard.md", out_dir / "report.html"
 
@@ -471,12 +474,18 @@ td.best{font-weight:600}.mark{color:#b3261e}.figs{display:flex;flex-wrap:wrap;ga
 .cases{display:grid;grid-template-columns:repeat(auto-fill,minmax(220px,1fr));gap:.6rem}
 .case{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:.5rem;font-size:.8rem}
 .case img{width:64px;height:64px;image-rendering:pixelated;margin-right:2px}.fail{color:#b3261e}
+.gcases{display:grid;gap:.6rem}.gcase{background:#fff;border:1px solid #e3e6ea;border-radius:6px;padding:.5rem}
+.gfigs{display:flex;flex-wrap:wrap;gap:.6rem;margin-top:.3rem}.gfig{margin:0;width:120px;font-size:.75rem}
+.gfig img{width:96px;height:96px;display:block}.gfig q{color:#445;word-break:break-word}.ghit{color:#1b6e3a}
 @media (max-width:600px){body{padding:0 .5rem 1rem}th,td{padding:.3rem}}
 """
 
 
 def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dict[str, Path],
-                sections: list[Section] | None = None, ablation: dict[str, Any] | None = None) -> str:
+                sections: list[Section] | None = None, ablation: dict[str, Any] | None = None,
+                grounding: dict[tuple[str, str, str], list] | None = None) -> str:
+    """The self-contained page; ``grounding``: per grounding section, the example rows of
+    :func:`medvl.bench.grounding_figures.bench_grounding_examples` (none: no thumbnails)."""
     esc = html.escape
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -530,6 +539,10 @@ def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dic
                 f"<img alt='{esc(alt)} {esc(task)}' src='data:image/png;base64,{f}'>" for f, alt in figs) + "</div>")
         if base.startswith("retrieval"):
             parts.append(_retrieval_examples(models, manifests.get(dataset)))
+        if base.startswith("grounding") and grounding and (task, dataset, split) in grounding:
+            from medvl.bench.grounding_figures import examples_html
+
+            parts.append(examples_html(grounding[(task, dataset, split)], split))
         parts.append("</section>")
     rob = robustness_rows(table)
     if rob:

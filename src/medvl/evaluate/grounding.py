@@ -238,7 +238,7 @@ def query_phrase(report: str, finding: str, card: DatasetCard | None = None) -> 
 # ----------------------------------------------------------------------------- model
 
 
-def _grounding_encoder(model: Any, device: str) -> Any:
+def grounding_encoder(model: Any, device: str, options: dict[str, Any] | None = None) -> Any:
     """A :class:`~medvl.models.encoder.CLIPEncoder` around a medvl CLIP model with local features.
 
     Accepts a spec (checkpoint directory...), an ``Encoder`` or a ``CLIPModel``; refuses with a
@@ -247,7 +247,7 @@ def _grounding_encoder(model: Any, device: str) -> Any:
     from medvl.models.encoder import CLIPEncoder, load_encoder
 
     if isinstance(model, (str, Path)):
-        model = load_encoder(model, device=device)
+        model = load_encoder(model, device=device, **(options or {}))
     name = str(getattr(model, "name", type(model).__name__))
     if hasattr(model, "encode_image_tokens") and hasattr(model, "cfg"):  # a bare CLIPModel
         model = CLIPEncoder(model, name=name, device=device)
@@ -270,8 +270,8 @@ def _grounding_encoder(model: Any, device: str) -> Any:
 
 
 @torch.no_grad()
-def _word_features(net: Any, phrases: Sequence[str], device: torch.device,
-                   batch_size: int) -> list[torch.Tensor]:
+def word_features(net: Any, phrases: Sequence[str], device: torch.device,
+                  batch_size: int = 64) -> list[torch.Tensor]:
     """Per phrase: its normalised word-token features ``[n_words, E]`` on CPU (all tokens if none are words)."""
     out: list[torch.Tensor] = []
     for i in range(0, len(phrases), batch_size):
@@ -335,7 +335,7 @@ def grounding_pairs(manifest: Manifest, split: str) -> list[GroundingPair]:
     return pairs
 
 
-def _binary_mask(manifest: Manifest, pair: GroundingPair) -> np.ndarray:
+def binary_mask(manifest: Manifest, pair: GroundingPair) -> np.ndarray:
     """The mask as a 2D bool array at its own resolution (0/1, 0/255, 16-bit or RGB masks)."""
     from medvl.data.io import read_image
 
@@ -379,14 +379,19 @@ def _load_image(manifest: Manifest, sample: Sample, pre: dict[str, Any],
 
 def _model_mask(manifest: Manifest, pair: GroundingPair, image_shape: tuple[int, int], size: int) -> np.ndarray:
     """The binary mask in the model's input frame: the image's pad-resize with nearest interpolation."""
-    from medvl.data.transforms import resize
-
-    m = _binary_mask(manifest, pair)
+    m = binary_mask(manifest, pair)
     (mh, mw), (ih, iw) = m.shape, image_shape
     if abs(mh / mw - ih / iw) > 0.01 * (ih / iw):
         raise ManifestError(f"{manifest.path}, row {pair.sample.row}: mask {pair.mask_path} is {mh}x{mw} but the "
                             f"image is {ih}x{iw}; a mask must cover the image (same size or aspect ratio)")
-    t = torch.from_numpy(m.astype(np.uint8) * 255)[None]
+    return frame_mask(m, size)
+
+
+def frame_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A 2D bool mask pad-resized (nearest) into the model's square input frame, as images are."""
+    from medvl.data.transforms import resize
+
+    t = torch.from_numpy(mask.astype(np.uint8) * 255)[None]
     return (resize(t, size, RESIZE_MODE, interp="nearest")[0] > 127).numpy()
 
 
@@ -423,7 +428,7 @@ def grounding_eval(model: Any, manifest: Manifest | str | Path, split: str = "te
                           f"got {threshold}")
     if not float(temperature) > 0:
         raise ConfigError(f"--temperature must be > 0, got {temperature}")
-    enc = _grounding_encoder(model, device)
+    enc = grounding_encoder(model, device)
     net = enc.model
     manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     pairs = grounding_pairs(manifest, split)
@@ -431,7 +436,7 @@ def grounding_eval(model: Any, manifest: Manifest | str | Path, split: str = "te
     size = int(pre["image_size"])
     transform = build_transforms(size, pre["channels"], False, pre["mean"], pre["std"], resize_mode=RESIZE_MODE)
     phrases = list(dict.fromkeys(p.phrase for p in pairs))
-    words = dict(zip(phrases, _word_features(net, phrases, enc.device, batch_size), strict=True))
+    words = dict(zip(phrases, word_features(net, phrases, enc.device, batch_size), strict=True))
 
     by_row: dict[int, list[GroundingPair]] = {}
     for p in pairs:
