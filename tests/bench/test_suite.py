@@ -64,3 +64,19 @@ def test_hashes_are_stable_and_content_based(tmp_path: Path) -> None:
     assert not store.has("k")
     store.mark_failed("k", {"reason": "boom"})
     assert not store.has("k") and store.failed_path("k").is_file()
+
+
+@pytest.mark.parametrize("name", ["ablation-phantoms", "ablation-breastmnist"])
+def test_shipped_ablation_suites_are_valid_and_their_training_configs_build(name: str) -> None:
+    """Every variant of the shipped ablations parses, names known objectives and builds its config."""
+    from medvl.objectives import build_objective
+    from medvl.train.config import load_train_config
+
+    suite = load_suite(ROOT / "configs" / f"{name}.yaml")
+    families = {m.split("@")[0] for m in suite.models}
+    assert "clip" in families and len(families) >= 5
+    assert all(len([m for m in suite.models if m.startswith(f + "@")]) >= 3 for f in families)
+    for spec in suite.models.values():
+        cfg = load_train_config(ROOT / spec.train, list(spec.overrides))
+        build_objective(cfg.objectives)
+        assert cfg.model.overrides["image"]["kwargs"]["output_stride"] == 8  # one tower for every variant
