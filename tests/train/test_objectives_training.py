@@ -70,6 +70,19 @@ def test_objectives_needing_own_passes_refuse_ddp_and_describe_needs_a_card(phan
         train(_cfg(tiny_manifest, tmp_path / "nocard", [{"name": "infonce"}, {"name": "describe"}]))
     assert not (tmp_path / "nocard" / "checkpoints").exists()
 
+    from medvl.models import create_model
+    from medvl.train.data import build_train_data
+    from medvl.train.distributed import DistInfo
+    from medvl.train.trainer import _build_objective
+
+    cfg = _cfg(phantoms, tmp_path / "ddp", [{"name": "infonce"}, {"name": "local"}, {"name": "distill"}])
+    data = build_train_data(cfg.data)
+    model = create_model("clip-tiny", tokenizer_texts=data.train_texts)
+    with pytest.raises(ConfigError, match="distill.*single-process"):
+        _build_objective(cfg, DistInfo(rank=0, world_size=2), model, data)
+    cfg.objectives = [{"name": "infonce"}, {"name": "local"}]  # local needs tokens only: fine with DDP
+    assert _build_objective(cfg, DistInfo(rank=0, world_size=2), model, data).needs_tokens
+
 
 def test_cli_trains_with_local_alignment_and_the_model_grounds(phantoms: Path, tmp_path: Path) -> None:
     """``medvl train`` with a literature objective from the command line, then ``medvl eval grounding``."""
