@@ -379,7 +379,8 @@ def ablation_markdown(ab: Mapping[str, Any]) -> list[str]:
     lines = ["## Ablation (training seeds)", "",
              f"Per family: mean ± sd over training seeds (n = seeds) of each seed's headline value; "
              f"training cost = mean samples/s of the family's training runs relative to the reference family "
-             f"`{ref}` (first logged interval left out: warm-up).", "",
+             f"`{ref}` (first logged interval left out: warm-up). Runs train one after another, so other load "
+             f"on the machine skews this ratio; `benchmarks/objective_cost.py` measures it interleaved.", "",
              "| family | training seeds | train samples/s (× ref) | " + " | ".join(c["label"] for c in cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for fam, info in ab["families"].items():
@@ -410,7 +411,9 @@ def ablation_html(ab: Mapping[str, Any]) -> str:
     parts = ["<section id='ablation'><h2>Ablation (training seeds)</h2>",
              f"<p class='meta'>Per family: mean ± sd over training seeds (n = seeds) of each seed's headline value; "
              f"training cost = mean samples/s of the family's training runs relative to the reference family "
-             f"<b>{esc(ref)}</b> (first logged interval left out: warm-up).</p>",
+             f"<b>{esc(ref)}</b> (first logged interval left out: warm-up). Runs train one after another, so "
+             f"other load on the machine skews this ratio; <code>benchmarks/objective_cost.py</code> measures it "
+             f"interleaved.</p>",
              "<div class='wrap'><table class='ablation'><thead><tr><th>family</th><th>training seeds</th>"
              f"<th>train samples/s (× ref)</th>{head}</tr></thead><tbody>"]
     for fam, info in ab["families"].items():
