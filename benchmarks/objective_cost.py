@@ -29,6 +29,9 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "masked": [{"name": "infonce"}, {"name": "mim", "weight": 1.0}, {"name": "mlm", "weight": 0.5}],
     "distill": [{"name": "infonce"}, {"name": "distill", "alpha": 1.0, "weight": 0.5, "queue_size": 1024}],
     "describe": [{"name": "infonce"}, {"name": "describe", "weight": 1.0}],
+    "combo": [{"name": "infonce"}, {"name": "local", "weight": 1.0},
+              {"name": "distill", "alpha": 1.0, "weight": 0.5, "queue_size": 1024},
+              {"name": "describe", "weight": 1.0}],
 }
 
 
