@@ -3,7 +3,6 @@ the report with and without grounding results, and family members reduced to the
 
 from __future__ import annotations
 
-import csv
 import io
 import re
 from pathlib import Path
@@ -11,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medvl.bench.grounding_figures import (
@@ -30,21 +28,12 @@ STRIDE8 = {"kwargs": {"output_stride": 8}}  # test_resnet at 64 px: an 8x8 patch
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from medvl.data.synthetic import generate_phantoms
-    from medvl.models import create_model, save_model
-
-    root = tmp_path_factory.mktemp("gfig")
-    manifest = generate_phantoms(root / "data", n=40, size=64)
-    with manifest.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    torch.manual_seed(0)
-    save_model(create_model("clip-tiny", image=STRIDE8, tokenizer_texts=[r["text"] for r in rows]), root / "model")
+def phantoms(grounding_set: dict[str, Any]) -> dict[str, Any]:
     findings: list[str] = []  # distinct findings of the test split in manifest order (every phantom mask is usable)
-    for r in rows:
+    for r in grounding_set["rows"]:
         if r["split"] == "test" and r["mask"]:
             findings += [f for f in r["mask_labels"].split("|") if f not in findings]
-    return {"root": root, "manifest": manifest, "model": root / "model", "findings": findings}
+    return {**grounding_set, "findings": findings}
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from pathlib import Path
@@ -204,18 +203,8 @@ def test_oracle_features_point_inside_the_mask(oracle_data: Path, transpose: boo
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def synth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from medvl.data.synthetic import generate_phantoms
-    from medvl.models import create_model, save_model
-
-    root = tmp_path_factory.mktemp("synth")
-    manifest = generate_phantoms(root / "data", n=40, size=64)
-    with manifest.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    torch.manual_seed(0)
-    model = create_model("clip-tiny", image=STRIDE8, tokenizer_texts=[r["text"] for r in rows])
-    save_model(model, root / "model")
-    return {"root": root, "manifest": manifest, "rows": rows, "model": root / "model"}
+def synth(grounding_set: dict[str, Any]) -> dict[str, Any]:
+    return grounding_set
 
 
 def _variant(synth: dict[str, Any], name: str, rows: list[dict[str, Any]]) -> Path:

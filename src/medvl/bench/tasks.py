@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medvl.bench.suite import TEXT_TASKS
-from medvl.errors import ConfigError, MedvlError
+from medvl.errors import ConfigError
 
 if TYPE_CHECKING:
     from medvl.bench.runner import Job
@@ -177,16 +177,8 @@ def _robustness(job: Job, params: dict[str, Any], manifest: Any, feats: Any, val
 
 def _grounding(job: Job, encoder: Any, manifest: Any, params: dict[str, Any], common: dict[str, Any],
                device: str) -> list[EvalResult]:
-    """Phrase grounding (pointing game, IoU, map AUROC) via :func:`medvl.evaluate.grounding.grounding_eval`.
+    """Phrase grounding (pointing game, IoU, map AUROC) via :func:`medvl.evaluate.grounding.grounding_eval`."""
+    from medvl.evaluate.grounding import grounding_eval
 
-    Imported here, not at module level, so a checkout without the grounding evaluator still runs
-    every other task; only grounding jobs then fail, with this reason.
-    """
-    try:
-        from medvl.evaluate.grounding import grounding_eval
-    except ImportError as exc:
-        raise MedvlError(f"task {job.task.name!r} (grounding) needs medvl.evaluate.grounding.grounding_eval, "
-                         f"which this installation does not provide ({exc})") from exc
-    results = grounding_eval(encoder, manifest, split=job.task.split, n_boot=common["n_boot"], seed=job.seed,
-                             device=device, model_name=job.model, dataset=common["dataset"], **params)
-    return list(results) if isinstance(results, (list, tuple)) else [results]
+    return [grounding_eval(encoder, manifest, split=job.task.split, n_boot=common["n_boot"], seed=job.seed,
+                           device=device, model_name=job.model, dataset=common["dataset"], **params)]
