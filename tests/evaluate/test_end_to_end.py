@@ -103,6 +103,41 @@ def test_finetune_cli_one_epoch(toy: dict[str, Path], tmp_path: Path) -> None:
     assert runs[0].predictions is not None and runs[0].predictions.scores.shape == (16, 2)
 
 
+def test_finetune_paper_options_reach_the_run(toy: dict[str, Path], tmp_path: Path) -> None:
+    """--torch-init and --normalise (the MedMNIST paper's init and 0.5/0.5 inputs) are applied and recorded."""
+    out = tmp_path / "ft.json"
+    run(["eval", "finetune", "-m", "timm:resnet18", "--in-chans", "1", "--image-size", "28", "-d",
+         str(toy["manifest"]), "--protocol", "medmnist", "--small-stem", "--torch-init", "--normalise", "0.5,0.5",
+         "--epochs", "1", "--batch-size", "8", "--out", str(out), "--n-boot", "0"])
+    cfg = load_results(out)[0].records[0].config
+    assert cfg["torch_init"] is True and cfg["small_stem"] is True and cfg["milestones"] == [1, 1]
+    assert cfg["preprocess"]["mean"] == [0.5] and cfg["preprocess"]["std"] == [0.5]
+
+
+@pytest.mark.parametrize("bad", ["0.5", "a,b", "0.5,0"])
+def test_finetune_rejects_bad_normalise(toy: dict[str, Path], bad: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "finetune", "-m", "timm:test_resnet", "-d", str(toy["manifest"]), "--normalise", bad])
+    assert exc.value.code == 2
+
+
+def test_torch_init_undoes_timm_zero_init() -> None:
+    """timm zero-initialises each residual block's last BatchNorm; PyTorch's default init sets it to 1."""
+    from medvl.evaluate.finetune import reset_to_torch_init, use_small_stem
+    from medvl.models.encoder import TimmEncoder
+
+    tower = TimmEncoder("resnet18", in_chans=1, image_size=28).tower
+    use_small_stem(tower)
+    last_bns = [m.bn2 for m in tower.modules() if hasattr(m, "bn2") and hasattr(m, "conv2")]
+    assert last_bns and all(float(bn.weight.detach().abs().max()) == 0.0 for bn in last_bns)
+    assert reset_to_torch_init(tower) == 40  # ResNet-18: 20 convolutions + 20 BatchNorms
+    assert all(torch.equal(bn.weight, torch.ones_like(bn.weight)) for bn in last_bns)
+    convs = [m for m in tower.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:  # kaiming_uniform(a=sqrt(5)): |w| <= 1/sqrt(fan_in)
+        fan_in = conv.weight[0].numel()
+        assert float(conv.weight.detach().abs().max()) <= fan_in ** -0.5 + 1e-6
+
+
 def test_feature_cache_hits_and_invalidates(toy: dict[str, Path], tmp_path: Path) -> None:
     enc = load_encoder(str(toy["model"]))
     calls = {"n": 0}

@@ -38,6 +38,19 @@ def _ints(text: str, what: str) -> list[int]:
         raise ConfigError(f"{what}: expected comma-separated integers, got {text!r}") from exc
 
 
+def _mean_std(text: str | None) -> tuple[float, float] | None:
+    """``"0.5,0.5"`` -> (0.5, 0.5); None stays None (the encoder's own statistics)."""
+    if text is None:
+        return None
+    try:
+        mean, std = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--normalise: expected MEAN,STD (two numbers), got {text!r}") from exc
+    if std <= 0:
+        raise ConfigError(f"--normalise: std must be > 0, got {std}")
+    return mean, std
+
+
 def _encoder_kwargs(model: str, image_size: int | None, in_chans: int | None) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
     if image_size is not None:
@@ -212,6 +225,12 @@ def finetune_cmd(model: str = _model, data: Path = _data, split: str = _split, o
                  augment: bool | None = typer.Option(None, "--augment/--no-augment"),
                  small_stem: bool = typer.Option(False, "--small-stem",
                                                  help="ResNets: 3x3/1 stem, no max-pool (MedMNIST's 28-px ResNet)."),
+                 torch_init: bool = typer.Option(False, "--torch-init",
+                                                 help="Re-initialise the backbone with PyTorch's default layer init "
+                                                      "(as the MedMNIST paper's ResNet); discards pretrained weights."),
+                 normalise: str | None = typer.Option(None, "--normalise", metavar="MEAN,STD",
+                                                      help="Input mean,std for every channel instead of the "
+                                                           "encoder's own (MedMNIST paper: 0.5,0.5)."),
                  seeds: str = typer.Option("0", "--seeds", help="Training seeds, e.g. 0,1,2."),
                  image_size: int | None = _image_size, in_chans: int | None = _in_chans,
                  n_boot: int = _n_boot, device: str = _device, verbose: bool = _verbose) -> None:
@@ -221,7 +240,8 @@ def finetune_cmd(model: str = _model, data: Path = _data, split: str = _split, o
 
     _setup(verbose)
     cfg = protocol_config(protocol, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                          patience=patience, augment=augment, small_stem=small_stem or None)
+                          patience=patience, augment=augment, small_stem=small_stem or None,
+                          torch_init=torch_init or None, normalise=_mean_std(normalise))
     manifest = load_manifest(data)
     seed_list = _ints(seeds, "--seeds")
     res = finetune(model, manifest, cfg, seed_list, device, split=split, n_boot=n_boot,
