@@ -37,7 +37,7 @@ def mini_suite(out: Path, extra_tasks: list[dict] | None = None) -> dict:
             {"type": "linear_probe", "dataset": "ph", "params": {"fractions": [0.5, 1.0]}},
             {"type": "knn", "dataset": "ph"},
             {"type": "finetune", "name": "supervised", "dataset": "ph", "models": ["rand"],
-             "params": {"epochs": 1, "batch_size": 32}},
+             "params": {"epochs": 1, "batch_size": 32, "torch_init": True, "normalise": [0.5, 0.5]}},
             {"type": "robustness", "dataset": "ph", "params": {"in_site": "site_a"}},
             *(extra_tasks or []),
         ],

@@ -121,6 +121,16 @@ def test_finetune_rejects_bad_normalise(toy: dict[str, Path], bad: str) -> None:
     assert exc.value.code == 2
 
 
+def test_protocol_config_checks_normalise() -> None:
+    from medvl.errors import ConfigError
+    from medvl.evaluate.finetune import protocol_config
+
+    assert protocol_config("medmnist", normalise=[0.5, "0.25"]).normalise == (0.5, 0.25)  # YAML lists work
+    for bad in ([0.5], [0.5, 0.0], ["a", 1]):
+        with pytest.raises(ConfigError, match="normalise"):
+            protocol_config("medmnist", normalise=bad)
+
+
 def test_torch_init_undoes_timm_zero_init() -> None:
     """timm zero-initialises each residual block's last BatchNorm; PyTorch's default init sets it to 1."""
     from medvl.evaluate.finetune import reset_to_torch_init, use_small_stem

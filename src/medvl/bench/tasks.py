@@ -25,7 +25,8 @@ PARAMS = {
     "retrieval": {"ks"},
     "linear_probe": {"fractions", "c_grid"},
     "knn": {"ks", "temperature"},
-    "finetune": {"protocol", "epochs", "lr", "batch_size", "patience", "augment", "small_stem"},
+    "finetune": {"protocol", "epochs", "lr", "weight_decay", "batch_size", "patience", "augment", "small_stem",
+                 "torch_init", "normalise"},
     "robustness": {"in_site", "fractions"},
     "grounding": {"threshold", "temperature", "batch_size"},
 }

@@ -92,6 +92,14 @@ def protocol_config(name: str, **overrides: Any) -> FinetuneConfig:
         cfg = replace(cfg, milestones=tuple(max(1, round(m * cfg.epochs / base.epochs)) for m in base.milestones))
     if cfg.epochs < 1:
         raise ConfigError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.normalise is not None:
+        try:
+            mean, std = (float(v) for v in cfg.normalise)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"normalise must be two numbers (mean, std), got {cfg.normalise!r}") from exc
+        if not std > 0:
+            raise ConfigError(f"normalise: std must be > 0, got {std}")
+        cfg = replace(cfg, normalise=(mean, std))
     return cfg
 
 
@@ -359,10 +367,8 @@ def finetune(encoder_spec: str | Callable[[], Any], manifest: Manifest, cfg: Fin
     probe = make_encoder()
     pre = preprocessing_of(probe)
     del probe
-    if cfg.normalise is not None:
-        mean, std = (float(v) for v in cfg.normalise)
-        if std <= 0:
-            raise ConfigError(f"normalise: std must be > 0, got {std}")
+    if cfg.normalise is not None:  # validated by protocol_config
+        mean, std = cfg.normalise
         pre = {**pre, "mean": [mean] * len(pre["mean"]), "std": [std] * len(pre["std"])}
     train = load_split(manifest, "train", pre)
     val = load_split(manifest, "val", pre)
