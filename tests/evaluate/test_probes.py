@@ -233,3 +233,17 @@ def test_knn_protocol_chooses_k_on_validation() -> None:
     cfg = res.records[0].config
     assert cfg["k"] == 25 and set(cfg["val_curve"]) == {"1", "25"}
     assert res.value("accuracy") > 0.5
+
+
+def test_label_shapes_give_the_same_binary_model() -> None:
+    """Class indices, a [N, 1] 0/1 column and one-hot rows are the same binary problem (a [N, 1] column
+    was once argmax-ed to all zeros); non-integer or negative targets are refused."""
+    x, y = _mixture(400, 8, 2, seed=5, sep=0.5)
+    ref = TorchLogisticRegression(C=1.0, task="binary").fit(x, y)
+    for labels in (y[:, None].astype(np.float32), np.eye(2, dtype=np.float32)[y]):
+        m = TorchLogisticRegression(C=1.0, task="binary").fit(x, labels)
+        np.testing.assert_allclose(m.predict_proba(x), ref.predict_proba(x), atol=1e-5)
+    assert 0.3 < ref.predict(x).mean() < 0.7
+    for bad in (np.full(400, 0.5, np.float32), np.where(y == 0, -1, 1)):
+        with pytest.raises(ValueError, match="class indices"):
+            TorchLogisticRegression(C=1.0, task="binary").fit(x, bad)

@@ -547,9 +547,14 @@ def _prepare(x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, task: s
         target = torch.where(known, yt, torch.zeros_like(yt)).T.contiguous()
         mask = None if bool(known.all()) else known.to(dtype).T.contiguous()
         return _Data(xt, mu, False, target, None, mask, fit_intercept, centred), yt.shape[1]
-    if yt.ndim == 2:
-        yt = yt.argmax(1)
+    if yt.ndim == 2:  # a 0/1 column (binary label matrix) or one-hot rows
+        yt = yt[:, 0] if yt.shape[1] == 1 else yt.argmax(1)
+    if yt.is_floating_point() and bool((yt != yt.round()).any() | yt.isnan().any()):
+        raise ValueError(f"{task} targets must be class indices (or a 0/1 column / one-hot rows); "
+                         "got non-integer values")
     yt = yt.to(device, torch.long).reshape(-1)
+    if n and int(yt.min()) < 0:
+        raise ValueError(f"{task} targets must be class indices >= 0; got {int(yt.min())}")
     k = max(int(yt.max().item()) + 1 if n else 2, n_classes or 0, 2)
     if task == "binary":
         return _Data(xt, mu, False, yt.to(dtype)[None].contiguous(), None, None, fit_intercept, centred), k
