@@ -121,6 +121,14 @@ def test_finetune_rejects_bad_normalise(toy: dict[str, Path], bad: str) -> None:
     assert exc.value.code == 2
 
 
+def test_finetune_refuses_normalise_for_self_normalising_models(toy: dict[str, Path]) -> None:
+    """A medvl checkpoint normalises inside the model; fixed statistics on top would normalise twice."""
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "finetune", "-m", str(toy["model"]), "-d", str(toy["manifest"]), "--normalise", "0.5,0.5",
+              "--epochs", "1"])
+    assert exc.value.code == 2
+
+
 def test_protocol_config_checks_normalise() -> None:
     from medvl.errors import ConfigError
     from medvl.evaluate.finetune import protocol_config

@@ -366,6 +366,9 @@ def finetune(encoder_spec: str | Callable[[], Any], manifest: Manifest, cfg: Fin
     task = task_of(manifest, classes)
     probe = make_encoder()
     pre = preprocessing_of(probe)
+    if cfg.normalise is not None and getattr(probe, "normalises_inside", False):
+        raise ConfigError(f"normalise: {name} applies its own input statistics inside the model; "
+                          "fixed statistics would normalise twice (use it for timm: encoders)")
     del probe
     if cfg.normalise is not None:  # validated by protocol_config
         mean, std = cfg.normalise

@@ -75,6 +75,9 @@ class Encoder(abc.ABC):
 
     name: str
     has_text: bool = False
+    # True when the model applies its own mean/std inside (callers feed [0, 1] images): evaluators
+    # must then not impose other input statistics.
+    normalises_inside: bool = False
     image_size: int
     in_chans: int
     mean: tuple[float, ...]
@@ -157,6 +160,7 @@ class CLIPEncoder(Encoder):
     """A medvl :class:`~medvl.models.clip.CLIPModel` (projected, shared-space embeddings)."""
 
     has_text = True
+    normalises_inside = True
 
     def __init__(self, model: Any, name: str, device: str | torch.device = "cpu"):
         self.device = torch.device(device)

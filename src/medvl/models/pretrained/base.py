@@ -168,6 +168,7 @@ class PretrainedEncoder(Encoder):
     """
 
     pre: ImagePreprocess
+    normalises_inside = True
     # Tolerance around [0, 1]: resampled or jpeg-decoded images can overshoot slightly.
     range_tolerance: float = 0.05
 
