@@ -40,3 +40,46 @@ def grounding_set(tmp_path_factory: pytest.TempPathFactory) -> dict:
     model = create_model("clip-tiny", image={"kwargs": {"output_stride": 8}}, tokenizer_texts=[r["text"] for r in rows])
     save_model(model, root / "model")
     return {"root": root, "manifest": manifest, "rows": rows, "model": root / "model"}
+
+
+def assert_finetunes_through_image_model(encoder_factory, n: int = 6) -> None:
+    """Fine-tuning any Encoder goes through ``image_model()``: same features, one epoch trains.
+
+    Why a shared helper: the contract (``image_model()(x) == encode_image(x, normalize=False)`` on
+    preprocessed inputs, and :func:`medvl.evaluate.finetune.train_one` running on it) must hold for
+    every encoder schema (medvl checkpoint, ``timm:``, ``openclip:``, ``hf:``), each tested where its
+    tiny model is built.
+    """
+    import copy
+
+    import numpy as np
+    import torch
+
+    from medvl.evaluate.features import preprocessing_of
+    from medvl.evaluate.finetune import FinetuneConfig, SplitTensors, image_backbone, train_one
+
+    enc = encoder_factory()
+    pre = preprocessing_of(enc)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(n, pre["channels"], pre["image_size"], pre["image_size"], generator=gen)
+    mean = torch.tensor(pre["mean"]).view(1, -1, 1, 1)
+    std = torch.tensor(pre["std"]).view(1, -1, 1, 1)
+    x = (x - mean) / std  # what load_split hands to the backbone
+    module = copy.deepcopy(image_backbone(enc)).eval()
+    with torch.no_grad():
+        direct = module(enc._adapt_channels(x))
+    torch.testing.assert_close(direct.float(), enc.encode_image(x, normalize=False), atol=1e-5, rtol=1e-5)
+
+    labels = np.array([[1.0], [0.0]] * (n // 2), dtype=np.float32)
+    split = SplitTensors(x=enc._adapt_channels(x), labels=labels, ids=np.array([f"s{i}" for i in range(n)]),
+                         rows=np.arange(n), patient_ids=np.array([f"p{i}" for i in range(n)]))
+    cfg = FinetuneConfig(epochs=1, batch_size=3, patience=None)
+    run = train_one(encoder_factory, split, split, split, "binary", ["finding"], cfg, seed=0)
+    assert run.scores.shape == (n, 1) and np.isfinite(run.scores).all()
+    assert run.epochs_run == 1 and run.history[0]["train_loss"] > 0
+
+
+@pytest.fixture()
+def finetune_check():
+    """:func:`assert_finetunes_through_image_model`, as a fixture (test modules cannot import conftest)."""
+    return assert_finetunes_through_image_model

@@ -93,3 +93,20 @@ def test_image_model_is_trainable_and_matches(tmp_path, tiny_model):
         assert feats.shape == (2, enc.embed_dim)
         feats.sum().backward()
         assert any(p.grad is not None for p in module.parameters())
+
+
+def test_finetune_goes_through_image_model_medvl_and_timm(tmp_path, tiny_model, finetune_check):
+    """Every schema fine-tunes through Encoder.image_model() (here: a medvl checkpoint and timm:)."""
+    save_model(tiny_model, tmp_path)
+    finetune_check(lambda: load_encoder(str(tmp_path)))
+    finetune_check(lambda: load_encoder("timm:test_resnet", in_chans=1, image_size=32))
+
+
+def test_finetune_refuses_an_encoder_without_image_model():
+    from medvl.evaluate.finetune import image_backbone
+
+    class Bare:
+        name = "bare"
+
+    with pytest.raises(MedvlError, match="bare.*image_model"):
+        image_backbone(Bare())

@@ -226,3 +226,10 @@ def test_preprocess_geometry_matches_torchvision():
     torch.testing.assert_close(pre(x), ref.clamp(x.min(), x.max()), atol=1e-6, rtol=0)
     squash = ImagePreprocess(mean=[0.5] * 3, std=[0.5] * 3, resize_mode="squash", size=(20, 30))
     assert squash(x).shape[-2:] == (20, 30) and squash.input_size == 20
+
+
+@pytest.mark.parametrize("fixture", ["clip_folder", "siglip_folder", "vit_folder", "dino_folder"])
+def test_finetune_goes_through_image_model(fixture, request, finetune_check):
+    """`medvl eval finetune --model hf:<folder>` used to fail ("exposes no trainable image tower")."""
+    folder = request.getfixturevalue(fixture)
+    finetune_check(lambda: load_encoder(f"hf:{folder}"))

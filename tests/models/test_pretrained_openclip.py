@@ -202,3 +202,9 @@ def test_resizes_other_input_sizes_and_image_model_trains(biomed_like):
         torch.testing.assert_close(F.normalize(module(x), dim=-1), enc.encode_image(x), atol=1e-5, rtol=0)
     module.train()(x).sum().backward()
     assert any(p.grad is not None for p in module.parameters())
+
+
+def test_finetune_goes_through_image_model_with_preprocessing(biomed_like, finetune_check):
+    """Fine-tuning an openclip: model sees the adapter's normalisation (it used to get raw pixels)."""
+    folder, bert = biomed_like[:2]
+    finetune_check(lambda: load_encoder(f"openclip:{folder}?text={bert}"))

@@ -104,30 +104,23 @@ def protocol_config(name: str, **overrides: Any) -> FinetuneConfig:
 
 
 # ---------------------------------------------------------------------- model
-class _EncodeImage(nn.Module):
-    """Wraps a CLIP model so ``forward`` is its (trainable) ``encode_image``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(x)  # type: ignore[operator]
-
-
 def image_backbone(encoder: Any) -> nn.Module:
-    """The trainable module behind an Encoder: a timm tower, or a CLIP model's encode_image.
+    """The trainable image module of any :class:`~medvl.models.encoder.Encoder`: ``encoder.image_model()``.
 
-    Relies on the attributes of :mod:`medvl.models.encoder` (``TimmEncoder.tower``,
-    ``CLIPEncoder.model``); a new encoder kind needs one more branch here.
+    Why only through the interface: each adapter knows what its image path is (a timm tower, a
+    CLIP model's projected branch, an ``hf:`` ViT/DINOv2 with its pooling, an ``openclip:`` model
+    *with its own preprocessing in front*). Reaching into attributes instead skipped the adapters'
+    normalisation and refused ``hf:`` models outright.
     """
-    if isinstance(getattr(encoder, "tower", None), nn.Module):
-        return encoder.tower
-    model = getattr(encoder, "model", None)
-    if isinstance(model, nn.Module) and hasattr(model, "encode_image"):
-        return _EncodeImage(model)
-    raise MedvlError(f"encoder {getattr(encoder, 'name', encoder)!r} exposes no trainable image tower "
-                     "(expected a .tower or a .model with encode_image); fine-tuning needs one")
+    make = getattr(encoder, "image_model", None)
+    if not callable(make):
+        raise MedvlError(f"encoder {getattr(encoder, 'name', encoder)!r} has no image_model(); fine-tuning "
+                         "needs the Encoder interface's trainable image module")
+    module = make()
+    if not isinstance(module, nn.Module):
+        raise MedvlError(f"encoder {getattr(encoder, 'name', encoder)!r}: image_model() returned "
+                         f"{type(module).__name__}, not a torch nn.Module")
+    return module
 
 
 def use_small_stem(backbone: nn.Module) -> None:
