@@ -69,6 +69,35 @@ def test_poisoned_batch_stops_with_step_rows_and_keeps_last_good_checkpoint(tiny
     assert result.step == 12 and _snapshot(good) == before
 
 
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_nan_gradient_under_finite_loss_stops_whatever_the_clipping(tiny_manifest: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   clip: float | None) -> None:
+    """With clipping off a NaN gradient used to be applied and checkpointed; the norm is now always checked."""
+    from medvl.train import trainer as trainer_mod
+
+    real = trainer_mod.forward_loss
+    calls = {"n": 0}
+
+    def poisoned(model, *args, **kwargs):
+        out = real(model, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 5:  # value 0, gradient 0 * inf = NaN: the loss stays finite
+            p = next(q for q in model.parameters() if q.requires_grad)
+            out = {**out, "loss": out["loss"] + torch.sqrt((p * 0).sum())}
+        return out
+
+    monkeypatch.setattr(trainer_mod, "forward_loss", poisoned)
+    out = tmp_path / "run"
+    cfg = _cfg(tiny_manifest, out, optim={"clip_grad_norm": clip})
+    with pytest.raises(TrainingDivergedError) as err:
+        train(cfg)
+    msg = str(err.value)
+    assert "step 5" in msg and "the gradient norm" in msg and "manifest rows" in msg
+    assert ck.latest_checkpoint(out) == out / "checkpoints" / "step_000003"
+    assert not (out / "checkpoints" / "step_000005").exists()
+
+
 def test_fresh_run_refuses_existing_checkpoints_and_bad_resume_changes_nothing(tiny_manifest: Path,
                                                                                tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -334,6 +334,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
         ckpt_io.remove_partial(out_dir)
         if resume_dir is None and data.skip_report is not None and data.skip_report.exists():
             data.skip_report.unlink()  # a fresh run starts a fresh skip report
+        data.report_label_skips()  # rows left out for unknown labels go (back) into it
         save_yaml(resolved, out_dir / "config.yaml")
     logger = MetricsLogger(out_dir, steps, start_step=step, enabled=info.is_main, progress=cfg.train.progress,
                            tensorboard=cfg.train.tensorboard)
@@ -345,6 +346,9 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
         if data.skipped_empty_text:
             logger.message(f"data.empty_text=skip: {data.skipped_empty_text} training pair(s) with an empty "
                            f"text are left out of the contrastive loss")
+        if data.skipped_labels:
+            logger.message(f"data.on_error=skip: {data.skipped_labels} row(s) with labels the card does not know "
+                           f"are left out (see {data.skip_report})")
 
     loader = DataLoader(
         SeededDataset(data.dataset, cfg.train.seed), batch_sampler=sampler, collate_fn=data.collate,
@@ -416,7 +420,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
                 for k, v in zip(names, stats[1:], strict=True):
                     comps[k] = comps.get(k, 0.0) + v / cfg.optim.grad_accum
             grad_norm = clip_gradients(params, cfg.optim.clip_grad_norm)
-            if not math.isfinite(grad_norm) and cfg.optim.clip_grad_norm is not None:
+            if not math.isfinite(grad_norm):
                 raise _diverged("the gradient norm", grad_norm, step + 1, batch_pos,
                                 _gather_rows(step_rows, info), last_ckpt)
             lr = optimizer_update(optimizer, scheduler, core)
@@ -429,8 +433,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
                 now = time.perf_counter()
                 metrics = {"loss": accum_loss, "lr": lr, "samples_per_s": n_log / max(now - t_log, 1e-9),
                            "epoch": float(pos[0]), **comps}
-                if math.isfinite(grad_norm):
-                    metrics["grad_norm"] = grad_norm
+                metrics["grad_norm"] = grad_norm
                 if hasattr(core, "logit_scale"):
                     metrics["logit_scale"] = float(core.logit_scale.detach().exp())
                 logger.log(step, metrics)
@@ -505,10 +508,17 @@ def forward_loss(model: nn.Module, objective: nn.Module, images: torch.Tensor, i
 
 
 def clip_gradients(params: list[torch.Tensor], max_norm: float | None) -> float:
-    """Clip the global gradient norm to ``max_norm`` and return the norm before clipping (NaN when
-    clipping is off: computing a norm nobody asked for costs a pass over every gradient)."""
+    """Clip the global gradient norm to ``max_norm`` (when set) and return the norm before clipping.
+
+    The norm is computed whatever the clipping setting: it is one fused pass over the gradients,
+    cheap next to the backward pass, and it is what catches a NaN/inf gradient under a finite loss
+    before the optimizer writes it into the weights (and a checkpoint).
+    """
     if max_norm is None:
-        return float("nan")
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return 0.0
+        return float(torch.nn.utils.get_total_norm(grads, foreach=True))
     return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
 
 
