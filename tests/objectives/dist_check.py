@@ -71,10 +71,20 @@ def worker(rank, init_file, result_file):
             errors.append(f"{name}: image grad differs")
         if not torch.allclose(gt, WORLD * ref_gt[sl], atol=1e-5):
             errors.append(f"{name}: text grad differs")
-    if rank == 0:
-        with open(result_file, "w") as fh:
-            fh.write("\n".join(errors) if errors else "OK")
+    # every rank reports: a rank-1-only mismatch (its shard of the gather) must fail the test too
+    with open(f"{result_file}.{rank}", "w") as fh:
+        fh.write("\n".join(f"rank {rank}: {e}" for e in errors) if errors else "OK")
     dist.destroy_process_group()
+
+
+def collect(result_file):
+    """'OK' when every rank wrote OK; otherwise every rank's errors (a missing report is an error)."""
+    reports = []
+    for rank in range(WORLD):
+        path = f"{result_file}.{rank}"
+        reports.append(open(path).read() if os.path.exists(path) else f"rank {rank}: wrote no report")
+    bad = [r for r in reports if r != "OK"]
+    return "\n".join(bad) if bad else "OK"
 
 
 if __name__ == "__main__":
@@ -83,6 +93,6 @@ if __name__ == "__main__":
         init, result = os.path.join(tmp, "init"), os.path.join(tmp, "result")
         # fork: the workers inherit the imported torch instead of re-importing it (seconds each)
         mp.start_processes(worker, args=(init, result), nprocs=WORLD, join=True, start_method="fork")
-        text = open(result).read()
+        text = collect(result)
     print(text)
     sys.exit(0 if text == "OK" else 1)
