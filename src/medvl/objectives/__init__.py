@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from medvl.errors import ConfigError
+from medvl.objectives.caption import CaptionLoss
 from medvl.objectives.context import ObjectiveContext, TrainingDataInfo
 from medvl.objectives.describe import DescriptionLoss
 from medvl.objectives.distill import MomentumDistillationLoss
@@ -55,6 +56,7 @@ register_objective("mim")(MaskedImageLoss)
 register_objective("mlm")(MaskedTextLoss)
 register_objective("distill")(MomentumDistillationLoss)
 register_objective("describe")(DescriptionLoss)
+register_objective("caption")(CaptionLoss)
 
 
 class CombinedObjective(nn.Module):
@@ -150,6 +152,7 @@ def build_objective(specs: str | dict[str, Any] | Sequence[str | dict[str, Any]]
 
 __all__ = [
     "OBJECTIVES",
+    "CaptionLoss",
     "CombinedObjective",
     "DescriptionLoss",
     "InfoNCELoss",
