@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from medvl.errors import ConfigError
-from medvl.train.config import incompatible_keys, load_train_config
+from medvl.train.config import build_train_config, incompatible_keys, load_train_config
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -75,3 +75,16 @@ def test_incompatible_keys() -> None:
     assert incompatible_keys(a, b) == []
     c = {**a, "model": {"name": "siglip-tiny", "overrides": {}}}
     assert incompatible_keys(a, c) == ["model"]
+
+
+@pytest.mark.parametrize(("preset", "expected"), [("siglip-tiny", "siglip"), ("clip-tiny", "infonce")])
+def test_unset_objectives_default_to_the_presets_objective(preset: str, expected: str) -> None:
+    """``model.name=siglip-tiny`` with no objectives listed trains with SigLIP (it used to be InfoNCE)."""
+    cfg = build_train_config({"model": {"name": preset}, "train": {"max_steps": 1}})
+    assert cfg.objectives == [{"name": expected, "weight": 1.0}]
+    explicit = build_train_config({"model": {"name": preset}, "objectives": [{"name": "queue"}],
+                                   "train": {"max_steps": 1}})
+    assert explicit.objectives == [{"name": "queue"}]
+    overridden = build_train_config({"model": {"name": "clip-tiny", "overrides": {"objective": "siglip"}},
+                                     "train": {"max_steps": 1}})
+    assert overridden.objectives[0]["name"] == "siglip"

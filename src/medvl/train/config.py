@@ -102,7 +102,9 @@ class TrainSection:
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    objectives: list[dict[str, Any]] = field(default_factory=lambda: [{"name": "infonce", "weight": 1.0}])
+    # None (unset) = the objective the model preset was designed for (its ``objective`` field, e.g.
+    # siglip-tiny -> siglip); resolved by :func:`validate`, so saved configs always list it.
+    objectives: list[dict[str, Any]] | None = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainSection = field(default_factory=TrainSection)
 
@@ -204,12 +206,21 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError(f"config key 'optim.min_lr_ratio' must be in [0, 1], got {cfg.optim.min_lr_ratio}")
     if cfg.optim.clip_grad_norm is not None and cfg.optim.clip_grad_norm <= 0:
         cfg.optim.clip_grad_norm = None
+    if cfg.objectives is None:
+        cfg.objectives = [{"name": preset_objective(cfg.model), "weight": 1.0}]
     if not cfg.objectives:
         raise ConfigError("config key 'objectives' must list at least one objective, e.g. [{name: infonce}]")
     for i, obj in enumerate(cfg.objectives):
         if not isinstance(obj, dict) or "name" not in obj:
             raise ConfigError(f"config key 'objectives[{i}]' must be a mapping with a 'name', got {obj!r}")
     return cfg
+
+
+def preset_objective(model: ModelConfig) -> str:
+    """The loss the model preset names (``objective`` in its YAML; overrides may change it)."""
+    from medvl.models.registry import model_config
+
+    return str(model_config(model.name, **model.overrides).objective)
 
 
 def build_train_config(data: dict[str, Any], overrides: list[str] | None = None) -> TrainConfig:
