@@ -29,13 +29,6 @@ def _splits(split: list[str] | None) -> list[str] | None:
     return out or None
 
 
-def _progress(label: str):  # noqa: ANN202 - a small closure factory
-    def report(done: int, total: int) -> None:
-        console.print(f"{label}: {done}/{total}", end="\r" if done < total else "\n", highlight=False)
-
-    return report
-
-
 @index_app.command("build")
 def build(
     model: str = typer.Option(..., "--model", help="Encoder: a medvl checkpoint directory or timm:<name>."),
@@ -48,10 +41,12 @@ def build(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index directory."),
 ) -> None:
     """Embed a manifest's images (and reports) into a FAISS index plus a SQLite case store."""
+    from medvl.cli.progress import progress_reporter
     from medvl.serve.build import build_index
 
-    index = build_index(model, data, out, splits=_splits(split), kind=kind, overwrite=overwrite,
-                        batch_size=batch_size, threshold=exact_threshold, progress=_progress("embedding"))
+    with progress_reporter("embedding") as report:
+        index = build_index(model, data, out, splits=_splits(split), kind=kind, overwrite=overwrite,
+                            batch_size=batch_size, threshold=exact_threshold, progress=report)
     m = index.meta
     console.print(f"wrote {out}: {m.count} cases, dim {m.dim}, kind {m.kind}"
                   + (f" {json.dumps(m.params)}" if m.params else "") + (", with report vectors" if m.has_text else ""))
@@ -66,10 +61,11 @@ def add(
     batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder forward pass."),
 ) -> None:
     """Append a manifest's cases with the index's own model; existing ids are unchanged."""
+    from medvl.cli.progress import progress_reporter
     from medvl.serve.build import add_to_index
 
-    ids = add_to_index(index_dir, data, splits=_splits(split), batch_size=batch_size,
-                       progress=_progress("embedding"))
+    with progress_reporter("embedding") as report:
+        ids = add_to_index(index_dir, data, splits=_splits(split), batch_size=batch_size, progress=report)
     console.print(f"added {len(ids)} cases to {index_dir} (ids {ids.start}..{ids.stop - 1})")
     from medvl.serve.index import EXACT_THRESHOLD, CaseIndex
 
