@@ -81,7 +81,7 @@ class MetricsLogger:
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(f"train/{k}", float(v), step)
-        info = "  ".join(f"{k} {self._fmt(metrics[k])}" for k in ("loss", "lr", "samples_per_s") if k in metrics)
+        info = "  ".join(f"{k} {self._fmt(k, metrics[k])}" for k in ("loss", "lr", "samples_per_s") if k in metrics)
         if self._progress is not None:
             self._progress.update(self._task, completed=step, info=info)
         else:
@@ -95,9 +95,12 @@ class MetricsLogger:
         if self.enabled:
             self.console.print(text, highlight=False, soft_wrap=True)
 
-    @staticmethod
-    def _fmt(v: float) -> str:
-        return f"{v:.3g}" if abs(v) < 1e-2 else f"{v:.4f}" if abs(v) < 100 else f"{v:.0f}"
+    # One format per quantity, whatever its magnitude (53.6672 next to 305 read as two kinds of number).
+    FORMATS = {"loss": "{:.4f}", "lr": "{:.2e}", "samples_per_s": "{:.1f}"}
+
+    @classmethod
+    def _fmt(cls, key: str, v: float) -> str:
+        return cls.FORMATS.get(key, "{:.4g}").format(float(v))
 
     def _rewrite_header(self, header: list[str]) -> None:
         rows: list[dict[str, str]] = []
