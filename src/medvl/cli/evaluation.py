@@ -233,14 +233,14 @@ def finetune_cmd(model: str = _model, data: Path = _data, split: str = _split, o
                  image_size: int | None = _image_size, in_chans: int | None = _in_chans,
                  n_boot: int = _n_boot, device: str = _device, verbose: bool = _verbose) -> None:
     """Fine-tune the image tower + a linear head; model selection on validation AUROC."""
-    from medvl.data.manifest import load_manifest
+    from medvl.data.manifest import load_eval_manifest
     from medvl.evaluate.finetune import finetune, protocol_config, summarise_seeds
 
     _setup(verbose)
     cfg = protocol_config(protocol, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                           patience=patience, augment=augment, small_stem=small_stem or None,
                           torch_init=torch_init or None, normalise=_mean_std(normalise))
-    manifest = load_manifest(data)
+    manifest = load_eval_manifest(data)
     seed_list = _ints(seeds, "--seeds")
     res = finetune(model, manifest, cfg, seed_list, device, split=split, n_boot=n_boot,
                    encoder_kwargs=_encoder_kwargs(model, image_size, in_chans))

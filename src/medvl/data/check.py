@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from medvl.data.card import DatasetCard
-from medvl.data.manifest import POSITIVE, Manifest, load_manifest
+from medvl.data.manifest import (
+    POSITIVE,
+    Manifest,
+    load_manifest,
+    patient_leak_message,
+    patient_split_leaks,
+    unknown_label_message,
+    unknown_labels,
+)
 from medvl.errors import ImageReadError
 
 KNOWN_SPLITS = ("train", "val", "test")
@@ -125,14 +133,12 @@ def _check_labels(m: Manifest, card: DatasetCard | None, report: CheckReport) ->
         report.findings.append(Finding("warning", "no_card",
                                        "no card.yaml beside the manifest: labels cannot be validated"))
         return
-    known = set(card.class_names)
+    unknown_rows = {s.row: names for s, names in unknown_labels(m)}
     for s in m.samples:
-        unknown = sorted(set(s.labels) - known)
+        unknown = unknown_rows.get(s.row)
         if unknown:
             report.findings.append(Finding(
-                "error", "unknown_label",
-                f"label(s) {', '.join(map(repr, unknown))} not in the card; known: {', '.join(card.class_names)}",
-                s.row))
+                "error", "unknown_label", unknown_label_message(unknown, card.class_names), s.row))
         if card.task in ("binary", "multiclass"):
             n_pos = sum(1 for v in s.labels.values() if v == POSITIVE)
             if n_pos != 1 and not unknown:
@@ -142,22 +148,14 @@ def _check_labels(m: Manifest, card: DatasetCard | None, report: CheckReport) ->
 
 
 def _check_splits(m: Manifest, report: CheckReport) -> None:
-    patient_splits: dict[str, set[str]] = defaultdict(set)
-    first_row: dict[str, int] = {}
     for s in m.samples:
         if s.split not in KNOWN_SPLITS:
             report.findings.append(Finding(
                 "warning", "unknown_split", f"split {s.split!r} is not one of {', '.join(KNOWN_SPLITS)}", s.row))
-        if s.patient_id:
-            patient_splits[s.patient_id].add(s.split)
-            first_row.setdefault(s.patient_id, s.row)
         if not s.text:
             report.findings.append(Finding("warning", "empty_text", "the 'text' cell is empty", s.row))
-    for pid, splits in patient_splits.items():
-        if len(splits) > 1:
-            report.findings.append(Finding(
-                "error", "patient_leak",
-                f"patient {pid!r} appears in splits {', '.join(sorted(splits))}", first_row[pid]))
+    for pid, splits, row in patient_split_leaks(m):
+        report.findings.append(Finding("error", "patient_leak", patient_leak_message(pid, splits), row))
 
 
 def _class_balance(m: Manifest, report: CheckReport) -> None:

@@ -16,6 +16,10 @@ Decisions worth knowing:
   ``i+1, i+2, ...`` wrapping around), the row is appended once to the JSONL ``skip_report`` as
   ``{"row", "file", "reason"}`` and counted in ``ds.skipped``; nothing disappears silently. With
   DataLoader workers each worker counts its own skips, so the report file is the total.
+* Labels the card does not know (a typo such as ``nodul``) raise the same one-line error as
+  ``medvl data check`` (row, label, known labels): such a row would otherwise read as negative for
+  every class. With ``on_error="skip"`` those rows are left out of the dataset, appended to
+  ``skip_report`` with ``"code": "unknown_label"`` and the reason, and listed in ``label_skips``.
 * Decoded and cached loading share :func:`medvl.data.transforms.prepare_uint8`, so a cache gives
   exactly the pixels decoding gives; augmentation and normalisation come after it.
 * Augmentation draws from a generator seeded by ``(seed, epoch, index)``: call ``set_epoch`` each
@@ -34,7 +38,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medvl.data.cache import CacheReader, load_prepared
-from medvl.data.manifest import Manifest, load_manifest
+from medvl.data.manifest import Manifest, load_manifest, unknown_label_error, unknown_label_message, unknown_labels
 from medvl.data.transforms import Compose, Transform, build_transforms
 from medvl.errors import ConfigError, ImageReadError, ManifestError
 
@@ -75,6 +79,21 @@ class ManifestDataset(Dataset):
                 f"{self.manifest.path}: no rows in split {split!r}; splits present: "
                 f"{', '.join(self.manifest.splits) or '(none)'}"
             )
+        self.skip_report = Path(skip_report) if skip_report is not None else None
+        self.label_skips: list[dict[str, Any]] = []
+        bad = unknown_labels(self.manifest, samples)
+        if bad and on_error == "raise":
+            raise unknown_label_error(self.manifest, bad)
+        if bad:  # on_error="skip": leave the rows out, and say so in the report
+            dropped = {s.row for s, _ in bad}
+            samples = [s for s in samples if s.row not in dropped]
+            known = self.manifest.card.class_names if self.manifest.card else []
+            self.label_skips = [{"row": s.row, "file": "|".join(s.image), "code": "unknown_label",
+                                 "reason": unknown_label_message(names, known), "manifest": str(self.manifest.path)}
+                                for s, names in bad]
+            self.write_label_skips()
+            if not samples:
+                raise unknown_label_error(self.manifest, bad)
         self.samples = samples
         self.classes = list(self.manifest.classes)
         mat = self.manifest.subset(samples).label_matrix()
@@ -82,7 +101,6 @@ class ManifestDataset(Dataset):
         self._labels = torch.from_numpy(np.nan_to_num(mat, nan=0.0).astype(np.float32))
         self.image_size, self.channels, self.resize_mode, self.view = image_size, channels, resize_mode, view
         self.on_error, self.seed, self.epoch = on_error, seed, 0
-        self.skip_report = Path(skip_report) if skip_report is not None else None
         self._bad: dict[int, str] = {}
         self.cache = (CacheReader(cache_dir, self.manifest.path, image_size, channels, resize_mode, view)
                       if cache_dir is not None else None)
@@ -96,6 +114,18 @@ class ManifestDataset(Dataset):
     def skipped(self) -> int:
         """Number of distinct rows this process skipped (and reported)."""
         return len(self._bad)
+
+    def write_label_skips(self) -> None:
+        """Append the rows left out for unknown labels to ``skip_report`` (rows already there are not repeated,
+        so a trainer that starts a fresh report can call this again)."""
+        if self.skip_report is None or not self.label_skips:
+            return
+        present = skip_report_rows(self.skip_report, code="unknown_label")
+        todo = [e for e in self.label_skips if e["row"] not in present]
+        if todo:
+            self.skip_report.parent.mkdir(parents=True, exist_ok=True)
+            with self.skip_report.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(e) + "\n" for e in todo)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -154,6 +184,22 @@ class ManifestDataset(Dataset):
                 continue
             return self._build(j, image)
         raise ImageReadError(self.manifest.path, f"every one of the {n} images in split {self.split!r} is unreadable")
+
+
+def skip_report_rows(report: Path | None, code: str | None = None) -> set[int]:
+    """Distinct manifest rows in a JSONL skip report, optionally only those with ``code``
+    (``"unknown_label"``; image read failures carry no code)."""
+    if report is None or not report.is_file():
+        return set()
+    rows = set()
+    for line in report.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if code is None or entry.get("code") == code:
+            rows.add(entry.get("row"))
+    return rows
 
 
 def collate_samples(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:

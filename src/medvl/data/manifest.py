@@ -222,6 +222,80 @@ def load_manifest(path: str | Path, card: DatasetCard | str | Path | None = None
     return Manifest(path=path, samples=samples, classes=classes, card=card, label_format=label_format)
 
 
+def unknown_label_message(unknown: Sequence[str], known: Sequence[str]) -> str:
+    """The one wording of an unknown-label problem, shared by ``medvl data check`` and every loader."""
+    return f"label(s) {', '.join(map(repr, unknown))} not in the card; known: {', '.join(known)}"
+
+
+def unknown_labels(manifest: Manifest, samples: Sequence[Sample] | None = None) -> list[tuple[Sample, list[str]]]:
+    """Rows whose labels name a class the card does not know, with those names.
+
+    Why it matters: a typo (``nodul`` for ``nodule``) is not a column of the label matrix, so the
+    row would silently read as negative for every class. Without a card there is nothing to check
+    (classes are then the labels themselves).
+    """
+    if manifest.card is None:
+        return []
+    known = set(manifest.card.class_names)
+    out = []
+    for s in manifest.samples if samples is None else samples:
+        bad = sorted(set(s.labels) - known)
+        if bad:
+            out.append((s, bad))
+    return out
+
+
+def unknown_label_error(manifest: Manifest, bad: Sequence[tuple[Sample, list[str]]]) -> ManifestError:
+    """One line naming the first offending row, its label(s) and the known labels (plus how many more)."""
+    s, names = bad[0]
+    assert manifest.card is not None
+    more = (f" (and {len(bad) - 1} more row(s); `medvl data check {manifest.path}` lists them all, "
+            "on_error=skip leaves them out)") if len(bad) > 1 else ""
+    return ManifestError(f"{manifest.path}, row {s.row}: {unknown_label_message(names, manifest.card.class_names)}"
+                         f"{more}")
+
+
+def require_known_labels(manifest: Manifest, samples: Sequence[Sample] | None = None) -> None:
+    """Raise :class:`ManifestError` when any row (of ``samples``, default all) has an unknown label."""
+    bad = unknown_labels(manifest, samples)
+    if bad:
+        raise unknown_label_error(manifest, bad)
+
+
+def patient_split_leaks(manifest: Manifest) -> list[tuple[str, list[str], int]]:
+    """Patients found in more than one split: ``(patient_id, sorted splits, first row)``."""
+    splits: dict[str, set[str]] = {}
+    first: dict[str, int] = {}
+    for s in manifest.samples:
+        if s.patient_id:
+            splits.setdefault(s.patient_id, set()).add(s.split)
+            first.setdefault(s.patient_id, s.row)
+    return [(pid, sorted(sp), first[pid]) for pid, sp in splits.items() if len(sp) > 1]
+
+
+def patient_leak_message(patient_id: str, splits: Sequence[str]) -> str:
+    """The one wording of a patient-in-two-splits problem (data check and evaluation share it)."""
+    return f"patient {patient_id!r} appears in splits {', '.join(splits)}"
+
+
+def require_no_patient_leak(manifest: Manifest) -> None:
+    """Raise :class:`ManifestError` when a patient spans splits: evaluation on such a split is leaked."""
+    leaks = patient_split_leaks(manifest)
+    if leaks:
+        pid, splits, row = leaks[0]
+        more = f" (and {len(leaks) - 1} more patient(s))" if len(leaks) > 1 else ""
+        raise ManifestError(f"{manifest.path}, row {row}: {patient_leak_message(pid, splits)}{more}; "
+                            "re-split by patient (`medvl data split`) before evaluating")
+
+
+def load_eval_manifest(path: str | Path, card: DatasetCard | str | Path | None = None) -> Manifest:
+    """:func:`load_manifest` plus the checks evaluation cannot do without: known labels, no patient leak."""
+    m = load_manifest(path, card)
+    require_known_labels(m)
+    require_no_patient_leak(m)
+    return m
+
+
 def sample_to_row(s: Sample, label_format: str = "labels", classes: Sequence[str] = ()) -> dict[str, Any]:
     row: dict[str, Any] = {"image": "|".join(s.image), "text": s.text}
     if label_format == "columns":

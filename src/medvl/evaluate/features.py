@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medvl.data.manifest import Manifest, Sample, load_manifest
+from medvl.data.manifest import Manifest, Sample, load_eval_manifest, load_manifest
 from medvl.errors import ManifestError
 
 log = logging.getLogger(__name__)
@@ -236,10 +236,14 @@ class EvalInputs:
 
 def load_eval_inputs(model: str, data: str | Path, device: str = "cpu",
                      encoder_kwargs: dict[str, Any] | None = None) -> EvalInputs:
-    """Resolve ``--model`` and ``--data`` once, the same way for every evaluation command."""
+    """Resolve ``--model`` and ``--data`` once, the same way for every evaluation command.
+
+    The manifest is refused (one line naming file and row) when a label is not in the card or a
+    patient spans two splits, before any model is loaded: both would give a wrong score silently.
+    """
     from medvl.models.encoder import load_encoder
 
-    manifest = load_manifest(data)
+    manifest = load_eval_manifest(data)
     if manifest.card is None:
         raise ManifestError(f"{manifest.path}: no card.yaml beside the manifest; evaluation needs the card's "
                             "task and classes (see `medvl data medmnist` for an example card)")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from medvl.data.manifest import Manifest, Sample, load_manifest
+from medvl.data.manifest import Manifest, Sample, load_manifest, require_known_labels
 from medvl.errors import ImageReadError, MedvlError
 from medvl.serve.images import read_picture, thumbnail_png, to_model_input
 from medvl.serve.index import EXACT_THRESHOLD, CaseIndex, CaseIndexError, CaseRecord, file_sha256
@@ -103,6 +103,8 @@ def embed_manifest(encoder: Any, manifest: Manifest, *, batch_size: int = 32, th
 
 
 def _select(manifest: Manifest, splits: Sequence[str] | None) -> Manifest:
+    """The rows to index; a label the card does not know is refused (the row's case would show no finding)."""
+    require_known_labels(manifest)
     if not splits:
         return manifest
     unknown = sorted(set(splits) - set(manifest.splits))

@@ -10,13 +10,15 @@ This is where the trainer's data policies live (one place, testable without a mo
   which substitutes the next readable sample (batches keep their size, which DDP's feature
   gather needs) and appends the row to ``out_dir/skipped_images.jsonl``; the trainer prints the
   count of distinct skipped rows at the end.
+* Unknown labels (not in the card) stop training with the row, label and known labels, as
+  ``medvl data check`` words it; with ``data.on_error=skip`` those rows are left out, written to
+  the skip report (``"code": "unknown_label"``) and counted in ``TrainData.skipped_labels``.
 * ``data.shards``: tar shards written by ``medvl data shards`` replace the manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,7 @@ class TrainData:
     classes: list[str] = field(default_factory=list)
     task: str = "multilabel"
     card: Any | None = None  # the manifest's DatasetCard (description-enhanced objectives read it)
+    skipped_labels: int = 0  # rows left out for labels the card does not know (data.on_error=skip)
     _skip_counter: Callable[[], int] = field(default=lambda: 0, repr=False)
 
     def fingerprint(self) -> str:
@@ -51,6 +54,13 @@ class TrainData:
     def skipped_images(self) -> int:
         """Images the dataset could not read and skipped (``data.on_error=skip``)."""
         return self._skip_counter()
+
+    def report_label_skips(self) -> None:
+        """(Re)write the unknown-label rows to the skip report: a fresh run deletes the old report
+        after the dataset was built, and this puts them back (rows are never repeated)."""
+        write = getattr(self.dataset, "write_label_skips", None)
+        if write is not None:
+            write()
 
 
 def apply_empty_text_policy(texts: list[str], rows: list[int], policy: str, where: str) -> list[int]:
@@ -72,16 +82,11 @@ def build_train_data(cfg: DataConfig, seed: int = 0, out_dir: str | Path | None 
 
 
 def count_skipped(report: Path | None) -> int:
-    """Distinct manifest rows in a JSONL skip report (every DataLoader worker appends to it)."""
-    if report is None or not report.is_file():
-        return 0
-    rows = set()
-    for line in report.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.add(json.loads(line).get("row"))
-        except ValueError:
-            continue
-    return len(rows)
+    """Distinct manifest rows in a JSONL skip report whose image could not be read (every DataLoader
+    worker appends to it); rows skipped for unknown labels are counted by ``TrainData.skipped_labels``."""
+    from medvl.data.dataset import skip_report_rows
+
+    return len(skip_report_rows(report) - skip_report_rows(report, code="unknown_label"))
 
 
 # The model contract (medvl.models.clip) takes images in [0, 1] and applies its own mean/std, so
@@ -102,11 +107,12 @@ def _from_manifest(cfg: DataConfig, seed: int, out_dir: Path | None) -> TrainDat
     dataset = ManifestDataset(manifest, split=cfg.split, image_size=cfg.image_size, channels=cfg.channels,
                               augment=cfg.augment, mean=IDENTITY_MEAN, std=IDENTITY_STD, on_error=cfg.on_error,
                               skip_report=skip_report, cache_dir=cfg.cache_dir, seed=seed)
-    if len(dataset) != len(split.samples):
+    n_label_skips = len(dataset.label_skips)  # unknown labels: raised above unless on_error=skip
+    if len(dataset) != len(split.samples) - n_label_skips:
         raise ManifestError(f"{manifest_path}: dataset has {len(dataset)} samples for split {cfg.split!r}, "
-                            f"manifest has {len(split.samples)}")
-    texts = [s.text for s in split.samples]
-    rows = [s.row for s in split.samples]
+                            f"manifest has {len(split.samples)} ({n_label_skips} skipped for unknown labels)")
+    texts = [s.text for s in dataset.samples]
+    rows = [s.row for s in dataset.samples]
     usable = apply_empty_text_policy(texts, rows, cfg.empty_text, str(manifest_path))
     card = getattr(manifest, "card", None)
     classes = list(manifest.classes)
@@ -114,7 +120,7 @@ def _from_manifest(cfg: DataConfig, seed: int, out_dir: Path | None) -> TrainDat
     return TrainData(dataset=dataset, indices=usable, train_texts=[texts[i] for i in usable],
                      collate=collate_samples, skipped_empty_text=len(texts) - len(usable),
                      skip_report=skip_report, classes=classes, task=task, card=card,
-                     _skip_counter=lambda: count_skipped(skip_report))
+                     skipped_labels=n_label_skips, _skip_counter=lambda: count_skipped(skip_report))
 
 
 def _from_shards(cfg: DataConfig, seed: int) -> TrainData:
