@@ -21,8 +21,9 @@ def check(
     no_images: bool = typer.Option(False, "--no-images", help="Skip decoding images (existence only)."),
     max_shown: int = typer.Option(30, help="Findings printed per severity (all go to --report)."),
 ) -> None:
-    """Report missing/unreadable files, unknown labels, empty texts, duplicates, patient leaks and
-    class balance per split. Exits 1 when any error is found."""
+    """Report missing/unreadable files, unknown labels, empty texts, duplicates, patient leaks, finding
+    masks (readable, image-sized, binary or a declared label map, labels in the card) and class
+    balance per split. Exits 1 when any error is found."""
     from medvl.data.check import check_manifest
 
     result = check_manifest(manifest, verify_images=not no_images)

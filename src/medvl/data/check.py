@@ -1,7 +1,9 @@
 """``medvl data check``: find every problem in a manifest before training does.
 
 Each finding names the row and file. Errors (missing/unreadable files, unknown labels, a patient
-in two splits, the same image in two splits) make the check fail; warnings (empty text,
+in two splits, the same image in two splits, a finding mask that is unreadable, not on its
+image's pixel grid, not binary (or outside its declared label map) or labelled with a class the
+card does not know) make the check fail; warnings (empty text,
 duplicates within a split, a class without positives in a split) are reported but do not.
 """
 
@@ -13,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medvl.data.card import DatasetCard
 from medvl.data.manifest import (
     POSITIVE,
@@ -23,7 +27,7 @@ from medvl.data.manifest import (
     unknown_label_message,
     unknown_labels,
 )
-from medvl.errors import ImageReadError
+from medvl.errors import ImageReadError, MedvlError
 
 KNOWN_SPLITS = ("train", "val", "test")
 
@@ -83,8 +87,20 @@ def file_hash(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _check_files(m: Manifest, verify_images: bool, report: CheckReport) -> dict[str, list[tuple[int, str]]]:
-    """Existence/readability of images and masks; returns content hash -> [(row, split)]."""
+def spatial_shape(array: np.ndarray) -> tuple[int, ...]:
+    """The pixel grid of a decoded image or mask: a trailing colour axis (3/4) of a 2D picture is dropped."""
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        return tuple(int(v) for v in array.shape[:2])
+    return tuple(int(v) for v in array.shape)
+
+
+def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
+                 shapes: dict[int, tuple[int, ...]] | None = None) -> dict[str, list[tuple[int, str]]]:
+    """Existence/readability of images and masks; returns content hash -> [(row, split)].
+
+    ``shapes`` (filled when given and images are decoded) maps each row to its first view's pixel
+    grid, which the mask checks compare against.
+    """
     from medvl.data.io import read_image
 
     hashes: dict[str, list[tuple[int, str]]] = defaultdict(list)
@@ -92,24 +108,100 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport) -> dict[
         if not s.image:
             report.findings.append(Finding("error", "missing_image_path", "the 'image' cell is empty", s.row))
             continue
-        for rel in s.image:
+        for view, rel in enumerate(s.image):
             path = m.resolve(rel)
             if not path.is_file() and not path.is_dir():
                 report.findings.append(Finding("error", "missing_file", "image file not found", s.row, str(path)))
                 continue
             if verify_images:
                 try:
-                    read_image(path)
+                    image = read_image(path)
                 except ImageReadError as exc:
                     report.findings.append(Finding("error", "unreadable", exc.reason, s.row, str(path)))
                     continue
+                if view == 0 and shapes is not None:
+                    shapes[s.row] = spatial_shape(np.asarray(image.array))
             if path.is_file():
                 hashes[file_hash(path)].append((s.row, s.split))
-        for rel in filter(None, s.mask.split("|")):
+        for rel in filter(None, (p.strip() for p in s.mask.split("|"))):
             path = m.resolve(rel)
             if not path.exists():
                 report.findings.append(Finding("error", "missing_mask", "mask file not found", s.row, str(path)))
     return hashes
+
+
+def _mask_value_problem(values: np.ndarray, n_labels: int, label_map: bool) -> str | None:
+    """Why a mask's distinct values are not what its row declares (None when they are).
+
+    Binary: {0, 1} or {0, 255} (or {0, 65535} for 16-bit), as grounding binarises at half the
+    range; a label map (one mask file for several ``mask_labels``): 0 background, k the k-th label.
+    """
+    vals = [float(v) for v in values]
+    shown = ", ".join(f"{v:g}" for v in vals[:8]) + (" ..." if len(vals) > 8 else "")
+    if label_map:
+        allowed = set(range(n_labels + 1))
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            return (f"mask values {shown} are outside its label map 0..{n_labels} (0 background, k the k-th "
+                    "of 'mask_labels')")
+        return None
+    if any(set(vals) <= {0.0, top} for top in (1.0, 255.0, 65535.0)):
+        return None
+    return f"mask is not binary: values {shown} (expected 0/1 or 0/255)"
+
+
+def _check_masks(m: Manifest, card: DatasetCard | None, shapes: dict[int, tuple[int, ...]],
+                 verify_images: bool, report: CheckReport) -> None:
+    """Every finding mask: readable, on its image's pixel grid, binary (or a declared label map), its
+    ``mask_labels`` known to the card. Why here: grounding and segmentation otherwise fail (or score
+    a wrong mask) long after training started."""
+    from medvl.data.io import read_image
+
+    has_labels_column = any("mask_labels" in s.extra for s in m.samples)
+    known = set(card.class_names) if card is not None else None
+    for s in m.samples:
+        paths = [p.strip() for p in s.mask.split("|") if p.strip()]
+        labels = [x.strip() for x in str(s.extra.get("mask_labels") or "").split("|") if x.strip()]
+        if not paths and not labels:
+            continue
+        label_map = len(paths) == 1 and len(labels) > 1
+        if has_labels_column and len(paths) != len(labels) and not label_map:
+            report.findings.append(Finding(
+                "error", "mask_label_count",
+                f"{len(paths)} mask path(s) in 'mask' but {len(labels)} finding(s) in 'mask_labels'; they must "
+                "pair up one to one (or one label-map mask for several labels)", s.row))
+        elif paths and not has_labels_column:
+            report.findings.append(Finding(
+                "warning", "mask_without_labels", "no 'mask_labels' column: the finding each mask outlines is "
+                "unknown (grounding needs it)", s.row))
+        if known is not None:
+            unknown = sorted(set(labels) - known)
+            if unknown:
+                report.findings.append(Finding("error", "unknown_mask_label", "mask " + unknown_label_message(
+                    unknown, card.class_names if card else []), s.row))
+        if not verify_images:
+            continue
+        for rel in paths:
+            path = m.resolve(rel)
+            if not path.exists():
+                continue  # reported as missing_mask
+            try:
+                arr = np.asarray(read_image(path).array)
+            except (ImageReadError, MedvlError) as exc:
+                reason = exc.reason if isinstance(exc, ImageReadError) else str(exc)
+                report.findings.append(Finding("error", "unreadable_mask", reason, s.row, str(path)))
+                continue
+            grid = spatial_shape(arr)
+            if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+                arr = arr[..., :3].max(-1)
+            image_grid = shapes.get(s.row)
+            if image_grid is not None and grid != image_grid:
+                report.findings.append(Finding(
+                    "error", "mask_size", f"mask is {'x'.join(map(str, grid))} but its image is "
+                    f"{'x'.join(map(str, image_grid))}", s.row, str(path)))
+            problem = _mask_value_problem(np.unique(arr), len(labels), label_map)
+            if problem:
+                report.findings.append(Finding("error", "mask_values", problem, s.row, str(path)))
 
 
 def _check_duplicates(m: Manifest, hashes: dict[str, list[tuple[int, str]]], report: CheckReport) -> None:
@@ -178,9 +270,11 @@ def check_manifest(path: str | Path, *, verify_images: bool = True) -> CheckRepo
     """Run every check on a manifest (and its card) and return the findings; never raises on content."""
     m = load_manifest(path)
     report = CheckReport(manifest=str(path), n_rows=len(m))
-    hashes = _check_files(m, verify_images, report)
+    shapes: dict[int, tuple[int, ...]] = {}
+    hashes = _check_files(m, verify_images, report, shapes)
     _check_duplicates(m, hashes, report)
     _check_labels(m, m.card, report)
+    _check_masks(m, m.card, shapes, verify_images, report)
     _check_splits(m, report)
     _class_balance(m, report)
     return report
