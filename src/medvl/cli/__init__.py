@@ -17,6 +17,7 @@ from medvl.cli import (  # noqa: F401,E402  isort: skip
     data_medmnist,
     data_synth,
     evaluation,
+    generate,
     models,
     serve,
     train,

@@ -1,0 +1,134 @@
+"""A trained report writer: the dual encoder of a checkpoint plus the caption decoder its
+``caption`` objective trained, rebuilt for generation.
+
+Why the decoder is read from the training state: it belongs to the objective (the dual encoder
+and every evaluator stay unchanged), so the trainer saves it with the other objective state in
+``train_state.pt`` (read with ``weights_only=True``) and the objective's options in
+``train_config.yaml``. :func:`load_captioner` rebuilds the objective from those options, binds
+it to the model (which sizes the decoder exactly as in training) and loads its weights strictly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medvl.errors import CheckpointError, ConfigError
+from medvl.generate.decoding import DecodeConfig, Generation, decode
+from medvl.models.caption_decoder import CaptionDecoder, image_memory
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory, or a run directory (its newest complete checkpoint)."""
+    from medvl.train import checkpoint as ck
+
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if (path / "weights.safetensors").is_file():
+        return path
+    latest = ck.latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path}: neither a checkpoint (no weights.safetensors) nor a run directory with "
+                              f"complete checkpoints")
+    return latest
+
+
+def _caption_spec(ckpt: Path) -> tuple[str, dict[str, Any]]:
+    from medvl.train import checkpoint as ck
+
+    if not (ckpt / ck.TRAIN_CONFIG).is_file():
+        raise CheckpointError(f"{ckpt}: no {ck.TRAIN_CONFIG}; a report writer needs a checkpoint written by "
+                              f"`medvl train` with the 'caption' objective")
+    specs = ck.load_train_config_dict(ckpt).get("objectives") or []
+    if isinstance(specs, (str, dict)):
+        specs = [specs]
+    seen: dict[str, int] = {}
+    for spec in specs:
+        spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+        name = spec.get("name")
+        seen[name] = seen.get(name, 0) + 1
+        if name == "caption":
+            key = "caption" if seen[name] == 1 else f"caption_{seen[name]}"
+            spec.pop("name")
+            spec.pop("weight", None)
+            return key, spec
+    names = ", ".join(str(s.get("name") if isinstance(s, dict) else s) for s in specs) or "(none)"
+    raise CheckpointError(f"{ckpt} was trained without the 'caption' objective (objectives: {names}); add "
+                          f"{{name: caption}} to the config's objectives to train a report writer")
+
+
+@dataclass
+class Captioner:
+    """Dual encoder + caption decoder; :meth:`generate` turns ``[B, C, H, W]`` images in [0, 1] into reports."""
+
+    model: Any  # medvl.models.CLIPModel
+    decoder: CaptionDecoder
+    name: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.cfg.image.image_size)
+
+    @property
+    def in_chans(self) -> int:
+        return int(self.model.cfg.image.in_chans)
+
+    def check_config(self, cfg: DecodeConfig) -> DecodeConfig:
+        """Refuse a generation length the decoder cannot hold (its position table is the context)."""
+        cfg.validate()
+        room = self.decoder.cfg.context_length - 1
+        if cfg.max_new_tokens > room:
+            raise ConfigError(f"max_new_tokens={cfg.max_new_tokens} is longer than this decoder can write "
+                              f"(context length {self.decoder.cfg.context_length}: at most {room} new tokens)")
+        return cfg
+
+    @torch.no_grad()
+    def generate(self, images: torch.Tensor, cfg: DecodeConfig | None = None) -> list[Generation]:
+        cfg = self.check_config(cfg or DecodeConfig())
+        images = images.to(self.device)
+        memory = self.decoder.project_memory(image_memory(self.model, images))
+
+        def logits_fn(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return self.decoder(ids, memory[rows], projected=True)[:, -1]
+
+        d = self.decoder.cfg
+        return decode(logits_fn, images.shape[0], d.bos_id, d.eos_id, cfg, self.device)
+
+    def decode_tokens(self, tokens: list[int]) -> str:
+        return self.model.tokenizer.decode(tokens).strip()
+
+
+def load_captioner(path: str | Path, device: str | torch.device = "cpu") -> Captioner:
+    """The report writer of a checkpoint (or of a run directory's newest checkpoint)."""
+    from medvl.models import load_model
+    from medvl.objectives.caption import CaptionLoss
+    from medvl.train import checkpoint as ck
+
+    ckpt = resolve_checkpoint(path)
+    key, spec = _caption_spec(ckpt)
+    model = load_model(ckpt, device=device)
+    try:
+        objective = CaptionLoss(**spec)
+    except TypeError as exc:
+        raise CheckpointError(f"{ckpt / ck.TRAIN_CONFIG}: bad options for the caption objective: {exc}") from exc
+    objective.bind(model)
+    state = ck.load_train_state(ckpt).get("objective") or {}
+    prefix = f"losses.{key}.decoder."
+    weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise CheckpointError(f"{ckpt / ck.TRAIN_STATE} holds no caption decoder weights ({prefix}*)")
+    assert objective.decoder is not None
+    try:
+        objective.decoder.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt / ck.TRAIN_STATE}: caption decoder weights do not match its config: "
+                              f"{str(exc).splitlines()[0]}") from exc
+    return Captioner(model=model.eval(), decoder=objective.decoder.to(device).eval(), name=str(path))
