@@ -38,7 +38,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from medvl.evaluate.linear_probe import C_GRID, TorchLogisticRegression, fit_probe
-from medvl.evaluate.metrics import compute_metrics
+from medvl.evaluate.metrics import compute_metrics, oriented
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "medmnist" / "breastmnist.npz"
 Splits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # x/y train, val, test
@@ -114,7 +114,7 @@ def run(name: str, data: Splits, repeats: int, device: str, c_one: float, metric
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             v = compute_metrics(scores, lab_va, task, metrics=[metric], warn=False)[metric].value
-        return -v if metric == "ece" else v
+        return oriented(metric, v)
 
     def sk_protocol() -> tuple[float, float]:
         clf = LogisticRegression(max_iter=1000, tol=tol, warm_start=True)

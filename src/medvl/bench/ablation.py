@@ -40,7 +40,7 @@ import numpy as np
 from medvl.train.logging import METRICS_CSV
 
 if TYPE_CHECKING:
-    from medvl.bench.runner import Job
+    from medvl.bench.jobs import Job
     from medvl.bench.suite import Suite
     from medvl.evaluate.results import EvalResult, Predictions
 

@@ -211,7 +211,7 @@ def shown_models(suite: Suite, models: Sequence[str]) -> list[str]:
 
 def model_checkpoint(suite: Suite, name: str, out_dir: Path) -> tuple[str, dict[str, Any]]:
     """(encoder spec, encoder options) the bench evaluated ``name`` with: its ``encoder`` or its trained ``final``."""
-    from medvl.bench.runner import train_run_dir
+    from medvl.bench.store import train_run_dir
 
     spec = suite.models[name]
     if spec.encoder:

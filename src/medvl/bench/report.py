@@ -19,14 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medvl.evaluate.metrics import higher_is_better
+
 if TYPE_CHECKING:
-    from medvl.bench.runner import BenchOutcome, Job
+    from medvl.bench.jobs import BenchOutcome, Job
     from medvl.bench.suite import Suite
     from medvl.evaluate.results import EvalResult, Predictions
 
-HEADLINE = {"zeroshot": "auroc", "linear_probe": "auroc", "knn": "auroc", "finetune": "auroc",
-            "robustness": "auroc", "retrieval": "t2i_R@5", "grounding": "pointing_game"}
-HIGHER_IS_BETTER_EXCEPT = ("ece", "i2t_median_rank", "t2i_median_rank")
 ALPHA = 0.05
 
 
@@ -93,10 +92,12 @@ def _metrics_of(models: dict[str, list[tuple[int, EvalResult]]]) -> list[str]:
 
 
 def _headline(task: str, metrics: list[str]) -> str:
+    from medvl.bench.tasks import TASKS  # each task type declares its headline metric when it registers
+
     base = task.split(" [")[0]
-    for key, m in HEADLINE.items():
-        if base.startswith(key) and m in metrics:
-            return m
+    for key, spec in TASKS.items():
+        if spec.headline and base.startswith(key) and spec.headline in metrics:
+            return spec.headline
     return metrics[0]
 
 
@@ -115,7 +116,7 @@ def paired_markers(models: dict[str, list[tuple[int, EvalResult]]], metric: str,
     means = {m: s["mean"] for m, runs in models.items() if (s := _summary(runs, metric)) is not None}
     if len(means) < 2:
         return None, {}
-    lower_better = metric in HIGHER_IS_BETTER_EXCEPT
+    lower_better = not higher_is_better(metric)
     best = (min if lower_better else max)(means, key=means.get)
     pb = _first_predictions(models[best])
     pvalues: dict[str, float] = {}
@@ -353,7 +354,7 @@ def _sections(table: dict, n_boot: int = 1000) -> list[Section]:
 
 def _ranked(models: dict[str, list[tuple[int, EvalResult]]], metric: str) -> list[str]:
     """Models best first on ``metric`` (ascending for ranks and calibration error); missing values last."""
-    sign = 1.0 if metric in HIGHER_IS_BETTER_EXCEPT else -1.0
+    sign = -1.0 if higher_is_better(metric) else 1.0
 
     def key(m: str) -> float:
         s = _summary(models[m], metric)

@@ -10,50 +10,27 @@ from __future__ import annotations
 import json
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from medvl.bench.jobs import BenchOutcome, Job
 from medvl.bench.store import (
     PROTOCOL_VERSION,
     ResultStore,
     dataset_fingerprint,
     encoder_fingerprint,
     stable_hash,
+    train_run_dir,
 )
-from medvl.bench.suite import FAMILY_SEP, TEXT_TASKS, DatasetSpec, ModelSpec, Suite, TaskSpec
+from medvl.bench.suite import DatasetSpec, ModelSpec, Suite
+from medvl.bench.tasks import get_task
 from medvl.errors import ConfigError, MedvlError
 
+__all__ = ["BenchOutcome", "Job", "plan_jobs", "prepare_dataset", "resolve_model", "run_suite", "train_run_dir"]
+
 console = Console()
-
-
-@dataclass
-class Job:
-    model: str
-    task: TaskSpec
-    seed: int
-    key: str = ""
-
-    @property
-    def label(self) -> str:
-        return f"{self.model} / {self.task.name} ({self.task.dataset}) / seed {self.seed}"
-
-
-@dataclass
-class BenchOutcome:
-    out_dir: Path
-    n_jobs: int
-    n_cached: int
-    n_run: int
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    skipped: list[dict[str, Any]] = field(default_factory=list)
-    results_path: Path | None = None
-    leaderboard_path: Path | None = None
-    report_path: Path | None = None
-    wall_s: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------
@@ -79,29 +56,6 @@ def prepare_dataset(name: str, spec: DatasetSpec) -> Path:
         raise ConfigError(f"dataset {name!r}: manifest {manifest} does not exist and no 'synth'/'medmnist' recipe "
                           "says how to create it")
     return manifest
-
-
-def _train_fingerprint(spec: ModelSpec, data_fps: dict[str, str]) -> tuple[str, dict[str, Any]]:
-    from medvl.train.config import load_train_config
-
-    cfg = load_train_config(spec.train, list(spec.overrides))
-    cfg_dict = cfg.to_dict()
-    manifest = Path(cfg.data.manifest)
-    data_fp = dataset_fingerprint(manifest) if manifest.is_file() else str(manifest)
-    cfg_dict["train"].pop("out_dir", None)
-    cfg_dict["train"].pop("progress", None)
-    cfg_dict["train"].pop("tensorboard", None)
-    return stable_hash({"train": cfg_dict, "data": data_fp, "v": PROTOCOL_VERSION}), cfg_dict
-
-
-def train_run_dir(name: str, spec: ModelSpec, out_dir: Path, data_fps: dict[str, str]) -> Path:
-    """Where a ``train:`` model is trained: ``models/<name>-<config hash>``.
-
-    A family member ``plain@1`` gets ``models/plain-seed1-<hash>``: the ``@`` is kept out of paths
-    because encoder specs use it as a separator (``timm:name@weights``).
-    """
-    fp, _ = _train_fingerprint(spec, data_fps)
-    return out_dir / "models" / f"{name.replace(FAMILY_SEP, '-seed')}-{fp[:12]}"
 
 
 def resolve_model(name: str, spec: ModelSpec, out_dir: Path, data_fps: dict[str, str]) -> tuple[str, str]:
@@ -138,8 +92,9 @@ def plan_jobs(suite: Suite) -> list[Job]:
     jobs = []
     for task in suite.tasks:
         for model in task.models or list(suite.models):
-            seeds = [suite.seeds[0]] if task.type in TEXT_TASKS else suite.seeds
-            for seed in seeds:  # zero-shot and retrieval are deterministic: one seed is enough
+            # deterministic tasks (zero-shot, retrieval, grounding): one seed is enough
+            seeds = [suite.seeds[0]] if get_task(task.type).deterministic else suite.seeds
+            for seed in seeds:
                 jobs.append(Job(model=model, task=task, seed=seed))
     return jobs
 

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from medvl.bench.suite import FAMILY_SEP, ModelSpec
 from medvl.data.check import file_hash as sha256_file
 
 PROTOCOL_VERSION = 1  # bump when evaluation semantics change, so old cached results are not reused
@@ -80,3 +81,26 @@ class ResultStore:
 
     def clear_failed(self, key: str) -> None:
         self.failed_path(key).unlink(missing_ok=True)
+
+
+def _train_fingerprint(spec: ModelSpec, data_fps: dict[str, str]) -> tuple[str, dict[str, Any]]:
+    from medvl.train.config import load_train_config
+
+    cfg = load_train_config(spec.train, list(spec.overrides))
+    cfg_dict = cfg.to_dict()
+    manifest = Path(cfg.data.manifest)
+    data_fp = dataset_fingerprint(manifest) if manifest.is_file() else str(manifest)
+    cfg_dict["train"].pop("out_dir", None)
+    cfg_dict["train"].pop("progress", None)
+    cfg_dict["train"].pop("tensorboard", None)
+    return stable_hash({"train": cfg_dict, "data": data_fp, "v": PROTOCOL_VERSION}), cfg_dict
+
+
+def train_run_dir(name: str, spec: ModelSpec, out_dir: Path, data_fps: dict[str, str]) -> Path:
+    """Where a ``train:`` model is trained: ``models/<name>-<config hash>``.
+
+    A family member ``plain@1`` gets ``models/plain-seed1-<hash>``: the ``@`` is kept out of paths
+    because encoder specs use it as a separator (``timm:name@weights``).
+    """
+    fp, _ = _train_fingerprint(spec, data_fps)
+    return out_dir / "models" / f"{name.replace(FAMILY_SEP, '-seed')}-{fp[:12]}"

@@ -42,9 +42,6 @@ from typing import Any
 from medvl.config import from_dict, load_yaml
 from medvl.errors import ConfigError
 
-TASK_TYPES = ("zeroshot", "retrieval", "linear_probe", "knn", "finetune", "robustness", "grounding")
-# Need a text tower, and are deterministic given the weights: only the first evaluation seed runs.
-TEXT_TASKS = ("zeroshot", "retrieval", "grounding")
 FAMILY_SEP = "@"  # family member names: "<family>@<train seed>"
 
 
@@ -127,17 +124,21 @@ def suite_from_dict(data: dict[str, Any], source: str = "<suite>") -> Suite:
         if bool(m.encoder) == bool(m.train):
             raise ConfigError(f"{source}: model {n!r} needs exactly one of 'encoder' or 'train'")
     models, families = _expand_families(declared, data["models"], source)
-    tasks = []
+    # The task types are whatever medvl.bench.tasks registers (imported here: task modules may import this one).
+    from medvl.bench import tasks
+
+    specs: list[TaskSpec] = []
     for i, t in enumerate(data["tasks"]):
         spec = from_dict(TaskSpec, t, f"tasks[{i}]")
-        if spec.type not in TASK_TYPES:
-            raise _choices("task type", spec.type, TASK_TYPES)
+        if spec.type not in tasks.TASKS:
+            raise _choices("task type", spec.type, tasks.task_names())
         if spec.dataset not in datasets:
             raise _choices("dataset", spec.dataset, list(datasets))
         if spec.models is not None:
             spec.models = _task_models(spec.models, models, families)
         spec.name = spec.name or spec.type
-        tasks.append(spec)
+        tasks.check_params(spec.name, spec.type, dict(spec.params))  # a typo fails now, not an hour in
+        specs.append(spec)
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ConfigError(f"{source}: 'seeds' must be a non-empty list of integers, got {seeds!r}")
@@ -146,7 +147,7 @@ def suite_from_dict(data: dict[str, Any], source: str = "<suite>") -> Suite:
         raise _choices("family", str(reference), list(families))
     if reference is None and families:
         reference = next(iter(families))
-    return Suite(name=str(data.get("name", Path(source).stem)), datasets=datasets, models=models, tasks=tasks,
+    return Suite(name=str(data.get("name", Path(source).stem)), datasets=datasets, models=models, tasks=specs,
                  seeds=seeds, bootstrap=int(data.get("bootstrap", 1000)), device=str(data.get("device", "cpu")),
                  families=families, reference=reference)
 

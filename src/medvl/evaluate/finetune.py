@@ -252,7 +252,7 @@ def train_one(make_encoder: Callable[[], Any], train: SplitTensors, val: SplitTe
                                                                     torch.Tensor] | None = None) -> FinetuneRun:
     """Fine-tune one freshly built encoder with ``seed`` (initialisation, batch order, head)."""
     from medvl.evaluate.features import classification_labels
-    from medvl.evaluate.metrics import compute_metrics
+    from medvl.evaluate.metrics import compute_metrics, oriented
 
     dev = torch.device(device)
     torch.manual_seed(seed)
@@ -313,7 +313,7 @@ def train_one(make_encoder: Callable[[], Any], train: SplitTensors, val: SplitTe
                 warnings.simplefilter("ignore")
                 v = compute_metrics(val_scores, y_val, task, [cfg.select_metric], classes,
                                     warn=False)[cfg.select_metric].value
-            v = -v if cfg.select_metric == "ece" else v
+            v = oriented(cfg.select_metric, v)
             entry[f"val_{cfg.select_metric}"] = float(v)
             if not np.isnan(v) and v > best_val:
                 best_val, best_epoch, stale = float(v), epoch + 1, 0

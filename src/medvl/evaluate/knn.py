@@ -107,7 +107,7 @@ def knn_features(train: Any, val: Any | None, test: Any, task: str, classes: Seq
                  split: str = "test", n_boot: int = 1000, seed: int = 0) -> Any:
     """k-NN protocol on extracted features; with several ``ks`` the best on validation is used."""
     from medvl.evaluate.features import classification_labels
-    from medvl.evaluate.metrics import compute_metrics
+    from medvl.evaluate.metrics import compute_metrics, oriented
     from medvl.evaluate.results import Predictions, make_result
 
     y_tr = classification_labels(train, task)
@@ -125,7 +125,7 @@ def knn_features(train: Any, val: Any | None, test: Any, task: str, classes: Seq
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 v = compute_metrics(s, y_val, task, [select_metric], classes, warn=False)[select_metric].value
-            v = -v if select_metric == "ece" else v
+            v = oriented(select_metric, v)
             curve[k] = float(v)
             if v > best:
                 best, k_best = v, k

@@ -736,7 +736,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
 
     Ties (and NaN validation metrics) resolve to the stronger regularisation (smaller C).
     """
-    from medvl.evaluate.metrics import compute_metrics
+    from medvl.evaluate.metrics import compute_metrics, oriented
 
     grid = sorted(float(c) for c in c_grid)
     models = fit_logistic_grid(x_train, _targets(y_train, task), grid, task=task, n_classes=n_classes,
@@ -751,8 +751,7 @@ def fit_probe(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val
             warnings.simplefilter("ignore")
             v = compute_metrics(scores, y_val, task, metrics=[select_metric], class_names=classes,
                                 warn=False)[select_metric].value
-        if select_metric == "ece":
-            v = -v
+        v = oriented(select_metric, v)
         curve[c] = float(v)
         if not np.isnan(v) and (best is None or v > best[0] + 1e-12):
             best = (v, c, m)

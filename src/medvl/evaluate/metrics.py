@@ -46,6 +46,58 @@ METRICS = ("auroc", "accuracy", "balanced_accuracy", "f1", "ece")
 ECE_BINS = 15
 
 
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a reader (model selection, leaderboard, ablation) must know about a metric besides its value."""
+
+    name: str
+    higher_is_better: bool = True
+    description: str = ""
+
+
+# Every metric medvl reports that is NOT "higher is better" must be here (or match a suffix below):
+# model selection (C of the linear probe, k of kNN, the fine-tuning epoch), the leaderboard's best
+# marker and its ranking all read the direction from this table.
+METRIC_INFO: dict[str, MetricInfo] = {m.name: m for m in (
+    MetricInfo("auroc", True, "area under the ROC curve (macro one-vs-rest for multiclass/multilabel)"),
+    MetricInfo("accuracy", True, "accuracy at the argmax / 0.5 threshold"),
+    MetricInfo("balanced_accuracy", True, "mean per-class recall"),
+    MetricInfo("f1", True, "macro F1"),
+    MetricInfo("ece", False, "expected calibration error, 15 bins"),
+)}
+# Families of names: retrieval reports "<direction>_median_rank" (i2t_, t2i_) and "<direction>_R@k".
+_SUFFIX_INFO: dict[str, MetricInfo] = {
+    "median_rank": MetricInfo("median_rank", False, "median rank of the true match (1 = best)"),
+}
+
+
+def register_metric_info(name: str, higher_is_better: bool, description: str = "") -> MetricInfo:
+    """Declare a metric's direction (for evaluators that add metrics outside this module, e.g. a distance)."""
+    info = MetricInfo(name, higher_is_better, description)
+    METRIC_INFO[name] = info
+    return info
+
+
+def metric_info(name: str) -> MetricInfo:
+    """The :class:`MetricInfo` of ``name``; an undeclared metric is taken as higher-is-better (most are)."""
+    if name in METRIC_INFO:
+        return METRIC_INFO[name]
+    for suffix, info in _SUFFIX_INFO.items():
+        if name == suffix or name.endswith("_" + suffix):
+            return info
+    return MetricInfo(name)
+
+
+def higher_is_better(name: str) -> bool:
+    """True when a larger value of metric ``name`` is better (False for ECE and median ranks)."""
+    return metric_info(name).higher_is_better
+
+
+def oriented(name: str, value: float) -> float:
+    """``value`` signed so that larger is always better: what model selection maximises."""
+    return value if higher_is_better(name) else -value
+
+
 class AbsentClassWarning(UserWarning):
     """A class has no positive (or no negative) sample in the evaluated labels."""
 
