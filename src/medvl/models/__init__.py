@@ -17,6 +17,9 @@ from medvl.models.registry import create_model, list_models, model_config, model
 from medvl.models.serialization import load_model, save_model
 from medvl.models.tokenizer import Tokenizer, train_tokenizer
 
+# isort: split
+from medvl.models import volume_encoders as _volume_encoders  # noqa: F401  registers resnet3d:/acs:/2.5d:
+
 __all__ = [
     "CLIPModel",
     "Encoder",
