@@ -322,3 +322,33 @@ def test_encoder_index_dimension_mismatch_is_refused(index_dir: Path) -> None:
 
     with pytest.raises(MedvlError, match="32-d embeddings"):
         create_app(Wrong(), index_dir)
+
+
+def test_server_and_evaluator_zero_shot_agree(encoder, phantoms: Path) -> None:
+    """One zero-shot implementation: the server's head gives `medvl eval zeroshot`'s probabilities."""
+    from medvl.data.manifest import load_manifest
+    from medvl.evaluate.features import extract_features
+    from medvl.evaluate.zeroshot import zeroshot_features
+    from medvl.serve.app import _logit_scale
+    from medvl.serve.zeroshot import ZeroShotHead
+
+    manifest = load_manifest(phantoms)
+    split = manifest.samples[0].split
+    feats = extract_features(encoder, manifest, split)
+    task = manifest.card.task
+    result = zeroshot_features(encoder, feats, manifest.card, manifest.card.class_names, task,
+                               logit_scale=_logit_scale(encoder), split=split, n_boot=10)
+    head = ZeroShotHead(encoder, manifest.card, _logit_scale(encoder))
+    np.testing.assert_allclose(head.probabilities(feats.x), result.predictions.scores, atol=1e-6)
+
+
+def test_healthz_names_the_model_without_server_paths(client) -> None:
+    """/healthz (public, unauthenticated) used to return the checkpoint's absolute filesystem path."""
+    from medvl.serve.app import public_model_name
+
+    model = client.get("/healthz").json()["model"]
+    assert not model.startswith("/") and model.count("/") <= 1 and model
+    assert public_model_name("/srv/models/clip-tiny/last") == "clip-tiny/last"
+    assert public_model_name("openclip:/m/x/biomed?text=/m/bert") == "openclip:x/biomed?text=m/bert"
+    assert public_model_name("timm:resnet18@/w/r18.safetensors") == "timm:resnet18@w/r18.safetensors"
+    assert public_model_name("timm:resnet18") == "timm:resnet18"

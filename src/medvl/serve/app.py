@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -179,6 +180,20 @@ def _openapi_body(json_schema: dict[str, Any] | None, multipart_schema: dict[str
 
 
 # ------------------------------------------------------------------------------ helpers
+def public_model_name(name: str) -> str:
+    """``name`` with every filesystem path in it cut to its last two components.
+
+    ``/srv/models/clip-tiny/last`` -> ``clip-tiny/last``; ``openclip:/m/x/biomed?text=/m/bert`` ->
+    ``openclip:x/biomed?text=m/bert``; ``timm:resnet18`` unchanged. Two components keep a
+    checkpoint directory such as ``last`` or ``step_000600`` recognisable without the server's layout.
+    """
+    def short(path: str) -> str:
+        parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".", "~")]
+        return "/".join(parts[-2:]) if parts else path
+
+    return "".join(short(t) if ("/" in t or "\\" in t) else t for t in re.split(r"([:@?=&])", name))
+
+
 def _logit_scale(encoder: Any) -> float | None:
     """The model's learned temperature when the encoder exposes it (medvl CLIP checkpoints do)."""
     value = getattr(encoder, "logit_scale", None)
@@ -220,7 +235,10 @@ class _Service:
         self.card = card
         self.settings = settings
         self.metrics = metrics
-        self.model_name = str(getattr(encoder, "name", type(encoder).__name__))
+        full_name = str(getattr(encoder, "name", type(encoder).__name__))
+        # Responses name the model, never where it lives on the server's disk; the path goes to the log.
+        self.model_name = public_model_name(full_name)
+        log.info("serving model %s (%s)", self.model_name, full_name)
         self.has_text = bool(getattr(encoder, "has_text", False))
         self.zero_shot = (ZeroShotHead(encoder, card, _logit_scale(encoder))
                           if card is not None and self.has_text else None)
