@@ -100,6 +100,10 @@ def compare_predictions(a: Predictions, b: Predictions, metrics: Sequence[str] |
             ok_a = pa.s.argmax(1) == pa.y
             ok_b = pb.s.argmax(1) == pb.y
             comp.tests.append(mcnemar_test(ok_a, ok_b))
+    if a.meta.get("task") == "reports" and b.meta.get("task") == "reports":  # corpus BLEU / CE from stored stats
+        from medvl.evaluate.reports import paired_report_tests
+
+        comp.tests.extend(paired_report_tests(a, b, groups, n_boot, seed, metrics))
     for key in sorted(set(a.extra) & set(b.extra)):
         va, vb = np.asarray(a.extra[key], dtype=float), np.asarray(b.extra[key], dtype=float)
         if va.ndim != 1:
