@@ -15,12 +15,16 @@ from medvl.cli import (  # noqa: F401,E402  isort: skip
     data_io,
     data_manifest,
     data_medmnist,
+    data_reports,
     data_synth,
+    eval_reports,
     evaluation,
     generate,
     models,
+    segment,
     serve,
     train,
+    trust,
 )
 
 

@@ -1,0 +1,71 @@
+"""WiSE-FT interpolation and task arithmetic of medvl checkpoints; architecture mismatch is one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from medvl.cli import main
+from medvl.errors import CheckpointError
+from medvl.merge import merge_checkpoints
+from medvl.models import create_model, load_model, save_model
+
+TEXTS = ["a bright mass", "normal tissue", "no mass seen"]
+
+
+def _ckpt(path: Path, seed: int, **overrides) -> Path:
+    torch.manual_seed(seed)
+    save_model(create_model("clip-tiny", tokenizer_texts=TEXTS, **{"image.image_size": 28, **overrides}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("merge")
+    return {"a": _ckpt(root / "a", 0), "b": _ckpt(root / "b", 1), "base": _ckpt(root / "base", 2),
+            "other": _ckpt(root / "other", 0, **{"embed_dim": 48})}
+
+
+def _floats(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def test_wise_ft_interpolates_and_endpoints_are_exact(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    written = merge_checkpoints(ckpts["a"], ckpts["b"], [0.0, 0.25, 1.0], tmp_path / "m")
+    assert [a for a, _ in written] == [0.0, 0.25, 1.0]
+    sa, sb = _floats(load_model(ckpts["a"])), _floats(load_model(ckpts["b"]))
+    m0, m25, m1 = (_floats(load_model(p)) for _, p in written)
+    for k in sa:
+        assert torch.equal(m0[k], sa[k]) and torch.equal(m1[k], sb[k])
+        assert torch.allclose(m25[k], 0.75 * sa[k] + 0.25 * sb[k], atol=1e-6)
+    assert "merge:" in (written[1][1] / "config.yaml").read_text()
+
+
+def test_task_arithmetic(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    (_, path), = merge_checkpoints(ckpts["a"], ckpts["b"], [0.5], tmp_path / "ta", base=ckpts["base"])
+    sa, sb, sbase = (_floats(load_model(ckpts[k])) for k in ("a", "b", "base"))
+    m = _floats(load_model(path))
+    k = next(iter(sa))
+    assert torch.allclose(m[k], sa[k] + 0.5 * (sb[k] - sbase[k]), atol=1e-6)
+
+
+def test_different_architectures_are_refused(ckpts: dict[str, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(CheckpointError, match="different architectures.*shape mismatches"):
+        merge_checkpoints(ckpts["a"], ckpts["other"], [0.5], tmp_path / "x")
+    with pytest.raises(SystemExit) as exc:
+        main(["merge", str(ckpts["a"]), str(ckpts["other"]), "--alpha", "0.5", "--out", str(tmp_path / "y")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot merge" in err and len(err.strip().splitlines()) <= 3  # one message (rich may wrap it)
+    with pytest.raises(CheckpointError, match="not found"):
+        merge_checkpoints(ckpts["a"], tmp_path / "missing", [0.5], tmp_path / "z")
+
+
+def test_cli_writes_one_checkpoint_per_alpha(ckpts: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["merge", str(ckpts["a"]), str(ckpts["b"]), "--alpha", "0,0.5,1", "--out", str(tmp_path / "c")])
+    assert exc.value.code in (0, None)
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["alpha_0", "alpha_0.5", "alpha_1"]

@@ -1,0 +1,102 @@
+"""``medvl eval robustness`` end to end on a two-site toy set with a real (untrained) tiny CLIP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medvl.cli import main
+from medvl.errors import ConfigError
+from medvl.evaluate.metrics import prepare
+from medvl.evaluate.robustness import (
+    ci_blocker,
+    robustness_eval,
+    select_cells,
+    site_results,
+    subgroup_analysis,
+)
+
+
+def run(args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    assert exc.value.code in (0, None)
+
+
+def test_linear_probe_report_has_every_section(toy: dict, tmp_path: Path) -> None:
+    r = robustness_eval(str(toy["model"]), toy["manifest"], "linear-probe",
+                        corruptions=["gaussian_noise", "bias_field"], severities=[1, 5],
+                        subgroups=["sex", "scanner"], n_boot=50, cache_dir=toy["cache"])
+    assert r.n == 32 and r.n_groups == 16 and r.modality == "ultrasound"
+    assert [(c.corruption, c.severity) for c in r.cells] == [("gaussian_noise", 1), ("gaussian_noise", 5)]
+    assert "these images are ultrasound" in r.skipped["bias_field"]
+    for c in r.cells:  # drop is clean minus corrupted, relative drop consistent with it
+        assert c.drop.value == pytest.approx(r.clean.value - c.value.value)
+        assert c.relative_drop == pytest.approx(c.drop.value / r.clean.value)
+    assert r.mean_relative_drop == pytest.approx(np.mean([c.relative_drop for c in r.cells]))
+    assert r.in_site == "A" and {s.site: s.role for s in r.sites} == {"A": "in", "B": "shift"}
+    sex, scanner = r.subgroups
+    assert {g.group for g in sex.groups} == {"F", "M"}
+    m = next(g for g in sex.groups if g.group == "M")
+    assert m.n == 10 and np.isnan(m.value.low) and "too small for a CI" in m.note
+    assert "has one group ('S1')" in scanner.note
+    assert r.calibration is not None and r.calibration.temperature > 0
+    # corrupted features were cached: a second run re-encodes nothing and gives identical cells
+    r2 = robustness_eval(str(toy["model"]), toy["manifest"], "linear-probe", corruptions=["gaussian_noise"],
+                         severities=[1, 5], site_shift=False, n_boot=50, cache_dir=toy["cache"])
+    assert [c.value.value for c in r2.cells] == [c.value.value for c in r.cells]
+    assert r2.site_note == "site shift not requested"
+
+
+def test_zeroshot_cli_writes_json_and_model_card(toy: dict, tmp_path: Path) -> None:
+    out, card = tmp_path / "rob.json", tmp_path / "card"
+    run(["eval", "robustness", "-m", str(toy["model"]), "-d", str(toy["manifest"]), "--protocol", "zeroshot",
+         "--corruptions", "contrast,jpeg", "--severities", "2,4", "--subgroups", "sex", "--n-boot", "40",
+         "--cache-dir", str(toy["cache"]), "--out", str(out), "--card-out", str(card)])
+    d = json.loads(out.read_text())
+    assert d["protocol"] == "zeroshot" and len(d["cells"]) == 4
+    assert d["site_note"].startswith("zero-shot")
+    md = next(card.glob("*.md")).read_text()
+    assert "## Corruptions" in md and "## Site shift" in md and "## Calibration" in md
+    assert "pretraining-evaluation overlap: not recorded" in md
+    assert "Clean AUROC on toy/test (zeroshot)" in md
+    assert "Not tested" not in md  # no corruption was skipped here
+    html = next(card.glob("*.html")).read_text()
+    assert "<table>" in html and "reliability.png" in html
+    assert (card / next(card.glob("*.reliability.png")).name).stat().st_size > 1000
+
+
+def test_bad_input_is_one_clear_line(toy: dict, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "robustness", "-m", str(toy["model"]), "-d", str(toy["manifest"]), "--subgroups", "age",
+              "--corruptions", "gamma", "--severities", "1", "--n-boot", "0", "--cache-dir", str(toy["cache"])])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "subgroup column 'age' is not in the manifest" in err and "sex" in err
+    with pytest.raises(ConfigError, match="--in-site 'C' is not a site"):
+        robustness_eval(str(toy["model"]), toy["manifest"], "zeroshot", corruptions=["gamma"], severities=[1],
+                        in_site="C", n_boot=0, cache_dir=toy["cache"])
+    with pytest.raises(ConfigError, match="--protocol must be one of"):
+        robustness_eval(str(toy["model"]), toy["manifest"], "lp")
+    with pytest.raises(ConfigError, match="unknown corruption 'fog'"):
+        select_cells(["fog"], [1], "ct", 2)
+
+
+def test_subgroup_and_site_statistics_known_answers() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    y = rng.integers(0, 2, n)
+    s = np.where(y == 1, 0.8, 0.2) + rng.normal(0, 0.05, n)  # perfect ranking in group "a"
+    group = np.array(["a"] * 150 + ["b"] * 50)
+    s[150:] = rng.uniform(0, 1, 50)  # chance in group "b"
+    p = prepare(np.clip(s, 0, 1), y, "binary")
+    res = subgroup_analysis(p, group, "g", "auroc", None, n_boot=200)
+    assert res.worst == "b" and res.best == "a"
+    assert res.gap.value > 0.3 and res.gap.low > 0.1  # a real gap with a CI that excludes 0
+    sites = site_results(p, group, "a", "auroc", None, n_boot=200)
+    assert sites[1].drop.value == pytest.approx(res.gap.value)
+    tiny = prepare(np.array([0.2, 0.9, 0.4]), np.array([0, 1, 1]), "binary")
+    assert "too small for a CI" in ci_blocker(tiny, None)
