@@ -105,3 +105,15 @@ def test_bad_requests_fail_with_one_line(caption_run: Path, phantoms: Path, tmp_
     runner = CliRunner()
     res = runner.invoke(app, ["generate", "--model", str(caption_run)])
     assert res.exit_code != 0 and "exactly one of --data" in str(res.exception or res.output)
+
+
+def test_caption_decoder_answers_questions_generatively(caption_run: Path, phantoms: Path) -> None:
+    from medvl.data.vqa_synth import generate_vqa
+    from medvl.evaluate.vqa import answer_with_captioner, evaluate_vqa, load_vqa
+
+    manifest, items = load_vqa(generate_vqa(phantoms, pairs=0.0), "test")
+    items = items[:40]
+    answers = answer_with_captioner(load_captioner(caption_run), manifest, items)
+    assert set(answers) == {it.id for it in items}
+    res = evaluate_vqa(items, answers, n_boot=20, config={"mode": "generate"})
+    assert 0.0 <= res.value("accuracy_all") <= 1.0

@@ -22,6 +22,8 @@ def synth(
     image_format: str = typer.Option("png", "--format", help="Image format: png or jpg (masks are always png)."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace images/, manifest.csv and card.yaml in a non-empty --out."),
+    vqa: bool = typer.Option(False, "--vqa", help="Also write vqa.csv: questions the ground truth answers "
+                                                  "(presence, side, size, count, change, twin-image pairs)."),
 ) -> None:
     """Generate synthetic PA chest radiographs with reports, finding masks, a manifest and a card."""
     from medvl.data.synthetic import generate_phantoms
@@ -31,3 +33,7 @@ def synth(
                                  studies_per_patient=studies_per_patient, image_format=image_format,
                                  overwrite=overwrite)
     typer.echo(f"wrote {n} phantoms ({size}px, {sites} sites) to {manifest} in {time.perf_counter() - start:.1f}s")
+    if vqa:
+        from medvl.data.vqa_synth import generate_vqa
+
+        typer.echo(f"wrote VQA questions to {generate_vqa(manifest)}")

@@ -1,5 +1,6 @@
-"""``medvl generate``: draft reports from a checkpoint trained with the caption objective, or from a
-baseline (no logic here: :mod:`medvl.generate` does the work)."""
+"""``medvl generate`` (draft reports from a caption-trained checkpoint or a baseline) and ``medvl eval vqa``.
+
+No logic here: :mod:`medvl.generate` and :mod:`medvl.evaluate.vqa` do the work."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from medvl.cli.app import app
+from medvl.cli.app import app, eval_app
 from medvl.errors import ConfigError
 
 SYSTEMS_HELP = ("What writes the reports: 'model' (the checkpoint's caption decoder), or a baseline: "
@@ -59,3 +60,32 @@ def generate(
         shown = ", ".join(run.truncated[:5]) + (" ..." if len(run.truncated) > 5 else "")
         typer.echo(f"warning: {len(run.truncated)} report(s) reached --max-tokens {max_tokens} without ending "
                    f"(flagged 'truncated' in the output): {shown}", err=True)
+
+
+@eval_app.command("vqa")
+def eval_vqa(
+    data: Path = typer.Option(..., "--data", help="VQA manifest: image, question, answer, answer_type (vqa.csv)."),
+    model: str | None = typer.Option(None, "--model", help="medvl checkpoint (or encoder spec) that answers."),
+    answers: Path | None = typer.Option(None, "--answers",
+                                        help="External answers, JSONL {id | study_id + question, answer}."),
+    mode: str = typer.Option("auto", "--mode", help="rank (CLIP-style candidate ranking) or generate "
+                                                    "(caption decoder continues the question); auto = rank."),
+    split: str = typer.Option("test", "--split", help="Split to score ('all': every row)."),
+    answer_type: str | None = typer.Option(None, "--answer-type", help="Score only closed or only open questions."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patient-level)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    out: Path | None = typer.Option(None, "--out", help="results.json (+ per-question predictions for compare)."),
+) -> None:
+    """Score VQA answers (closed: accuracy; open: exact match, token F1, recall; twin pairs) with CIs."""
+    from rich.console import Console
+
+    from medvl.evaluate.results import records_table, save_results
+    from medvl.evaluate.vqa import run_vqa_eval
+
+    res = run_vqa_eval(data, model=model, answers=answers, split=None if split == "all" else split, mode=mode,
+                       n_boot=n_boot, seed=seed, device=device, answer_type=answer_type)
+    console = Console()
+    console.print(records_table(res.records, title=f"VQA: {model or answers} on {data.parent.name}/{split}"))
+    if out is not None:
+        console.print(f"results: {save_results(res, out)} (+ per-question predictions beside it)")
