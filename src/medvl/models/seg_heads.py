@@ -1,0 +1,313 @@
+"""Dense (segmentation) heads on any encoder that gives a feature map or a patch grid.
+
+Why one module for 2D and 3D: the medvl towers already give local features (a timm CNN's
+stages, a ViT's patch grid, the 3D ResNet's stages); a segmentation model is such a *feature
+backbone* plus a light head, whatever the dimensionality. Two heads:
+
+* :class:`LinearHead` -- the DINOv2 linear probe: normalisation + a 1x1 convolution on the last
+  feature map (or the concatenated last ViT blocks), logits upsampled to the input size. It
+  measures how linearly decodable the frozen features are.
+* :class:`FPNHead` -- a light UNet/FPN decoder: a lateral 1x1 projection of every stage, then from
+  the coarsest level up: upsample, concatenate the next finer stage (the skip), 3x3 conv + norm +
+  ReLU; a last 1x1 conv gives logits at the finest stage's resolution, upsampled to the input.
+  On ViTs (all blocks at one stride) it still fuses several blocks.
+
+Backbones (:class:`TowerFeatures`) wrap a medvl image tower (``TimmImageTower`` of a CLIP
+checkpoint or a ``timm:`` spec, ``ResNet3dTower``) and return the list of stage maps, finest
+first, ``channels`` per stage. The config dict of :class:`SegModel` rebuilds everything from the
+tower config, so a segmentation checkpoint needs neither the original CLIP checkpoint nor the
+timm weights file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medvl.errors import ConfigError
+
+HEADS = ("linear", "fpn")
+FREEZE = ("frozen", "finetune", "last")
+VIT_BLOCKS = 4  # ViT: the number of last blocks fed to the heads (DINOv2's linear probe uses the last 4)
+
+
+def _conv(dims: int) -> type[nn.Module]:
+    return nn.Conv3d if dims == 3 else nn.Conv2d
+
+
+def _norm(dims: int, ch: int) -> nn.Module:
+    # GroupNorm: segmentation batches are small (and 3D ones tiny), where BatchNorm statistics are noise.
+    return nn.GroupNorm(min(8, ch), ch) if ch % min(8, ch) == 0 else nn.GroupNorm(1, ch)
+
+
+def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    if tuple(x.shape[2:]) == tuple(size):
+        return x
+    mode = "trilinear" if x.ndim == 5 else "bilinear"
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+class TowerFeatures(nn.Module):
+    """Multi-scale feature maps of a medvl image tower, finest first.
+
+    timm CNNs: every stage of ``forward_intermediates``; timm ViTs: the last ``VIT_BLOCKS`` blocks
+    as ``[B, C, h, w]`` patch grids; ``ResNet3dTower``: the stem and every stage.
+    """
+
+    def __init__(self, tower: nn.Module, tower_type: str):
+        super().__init__()
+        self.tower = tower
+        self.tower_type = tower_type
+        self.dims = 3 if tower_type == "resnet3d" else 2
+        if tower_type == "resnet3d":
+            stem_ch = tower.stem[0].out_channels
+            self.channels = [stem_ch] + [stage[-1].conv2.out_channels for stage in tower.stages]
+            self.indices: int | list[int] | None = None
+        else:
+            trunk = tower.trunk
+            if not hasattr(trunk, "forward_intermediates"):
+                raise ConfigError(f"timm model {type(trunk).__name__} has no forward_intermediates; "
+                                  "segmentation heads need its stage features")
+            info = list(trunk.feature_info)
+            if hasattr(trunk, "patch_embed"):  # ViT: one stride, take the last blocks
+                n = min(VIT_BLOCKS, len(info))
+                self.indices = list(range(len(info) - n, len(info)))
+            else:
+                self.indices = None
+            chosen = info if self.indices is None else [info[i] for i in self.indices]
+            self.channels = [int(f["num_chs"]) for f in chosen]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if self.tower_type == "resnet3d":
+            if x.ndim != 5:
+                raise ConfigError(f"a 3D segmentation model expects volumes [B, C, D, H, W], got {tuple(x.shape)}")
+            feats = [self.tower.stem(x)]
+            for stage in self.tower.stages:
+                feats.append(stage(feats[-1]))
+            return feats
+        x = self.tower._fit(x)
+        kwargs: dict[str, Any] = {"intermediates_only": True}
+        if self.indices is not None:
+            kwargs["indices"] = self.indices
+        return list(self.tower.trunk.forward_intermediates(x, **kwargs))
+
+    def lock(self, freeze: str, unlocked_layers: int = 1) -> None:
+        """``frozen``: no gradients; ``finetune``: all trainable; ``last``: only the last N groups."""
+        for p in self.tower.parameters():
+            p.requires_grad = freeze == "finetune"
+        if freeze != "last":
+            return
+        if self.tower_type == "resnet3d":
+            self.tower.lock(unlocked_layers)
+            return
+        # timm: the modules of the last N feature stages (CNN stages / ViT blocks) train, nothing else.
+        # (timm's coarse group_matcher often ends with the removed classifier, unlocking nothing.)
+        modules = [str(f["module"]) for f in self.tower.trunk.feature_info][-unlocked_layers:]
+        for name, p in self.tower.trunk.named_parameters():
+            if any(name == m or name.startswith(m + ".") for m in modules):
+                p.requires_grad = True
+
+
+class LinearHead(nn.Module):
+    """DINOv2 linear probe: norm + 1x1 conv on the concatenation of the maps at the coarsest grid."""
+
+    def __init__(self, channels: list[int], num_classes: int, dims: int, vit: bool):
+        super().__init__()
+        # CNNs: the last stage only; ViTs: the last blocks concatenated (all on one grid).
+        self.use = list(range(len(channels))) if vit else [len(channels) - 1]
+        cin = sum(channels[i] for i in self.use)
+        self.norm = _norm(dims, cin)
+        self.proj = _conv(dims)(cin, num_classes, 1)
+
+    def forward(self, feats: list[torch.Tensor], size: tuple[int, ...]) -> torch.Tensor:
+        x = torch.cat([feats[i] for i in self.use], dim=1)
+        return _resize(self.proj(self.norm(x)), size)
+
+
+class _ConvBlock(nn.Sequential):
+    def __init__(self, dims: int, cin: int, cout: int):
+        super().__init__(_conv(dims)(cin, cout, 3, padding=1, bias=False), _norm(dims, cout), nn.ReLU(inplace=True))
+
+
+class FPNHead(nn.Module):
+    """Light UNet/FPN decoder with skips from every stage (see module doc)."""
+
+    def __init__(self, channels: list[int], num_classes: int, dims: int, width: int = 64,
+                 cond_dim: int = 0):
+        super().__init__()
+        conv = _conv(dims)
+        self.lateral = nn.ModuleList([conv(c, width, 1) for c in channels])
+        self.fuse = nn.ModuleList([_ConvBlock(dims, 2 * width, width) for _ in channels[:-1]])
+        self.top = _ConvBlock(dims, width, width)
+        self.out = conv(width, num_classes, 1)
+        # FiLM (text/prompt conditioning): scale and shift of the coarsest decoder features.
+        self.film = nn.Linear(cond_dim, 2 * width) if cond_dim else None
+
+    def forward(self, feats: list[torch.Tensor], size: tuple[int, ...],
+                cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.top(self.lateral[-1](feats[-1]))
+        if self.film is not None:
+            if cond is None:
+                raise ConfigError("this segmentation head is prompt-conditioned; pass the prompt embedding")
+            gamma, beta = self.film(cond).chunk(2, dim=-1)
+            view = (cond.shape[0], -1) + (1,) * (x.ndim - 2)
+            x = x * (1 + gamma.view(view)) + beta.view(view)
+        for i in range(len(feats) - 2, -1, -1):
+            skip = self.lateral[i](feats[i])
+            x = self.fuse[i](torch.cat([_resize(x, tuple(skip.shape[2:])), skip], dim=1))
+        return _resize(self.out(x), size)
+
+
+class SegModel(nn.Module):
+    """Feature backbone + dense head: ``[B, C, *S]`` images in [0, 1] -> logits ``[B, K', *S]``.
+
+    ``K' = K + 1`` (background first) for ``task: multiclass`` (label maps, softmax), ``K`` for
+    ``task: multilabel`` (one sigmoid per finding, masks may overlap). ``config`` (a plain dict)
+    rebuilds the model with :func:`build_seg_model`.
+    """
+
+    def __init__(self, config: dict[str, Any], load_pretrained: bool = True):
+        super().__init__()
+        from medvl.config import from_dict
+        from medvl.models.config import ImageTowerConfig
+        from medvl.models.image_towers import build_image_tower
+
+        self.cfg = dict(config)
+        head, task = config["head"], config["task"]
+        if head not in HEADS:
+            raise ConfigError(f"model.head: unknown head {head!r}; valid: {', '.join(HEADS)}")
+        if task not in ("multilabel", "multiclass"):
+            raise ConfigError(f"segmentation task must be multilabel or multiclass, got {task!r}")
+        if config["freeze"] not in FREEZE:
+            raise ConfigError(f"model.freeze: {config['freeze']!r}; valid: {', '.join(FREEZE)}")
+        tower_cfg = from_dict(ImageTowerConfig, dict(config["tower"]))
+        tower = build_image_tower(tower_cfg, load_pretrained=load_pretrained)
+        self.backbone = TowerFeatures(tower, tower_cfg.type)
+        self.dims = self.backbone.dims
+        self.in_chans = tower_cfg.in_chans
+        self.classes = list(config["classes"])
+        self.num_outputs = len(self.classes) + (1 if task == "multiclass" else 0)
+        vit = self.backbone.indices is not None
+        if head == "linear":
+            self.head: nn.Module = LinearHead(self.backbone.channels, self.num_outputs, self.dims, vit)
+        else:
+            self.head = FPNHead(self.backbone.channels, self.num_outputs, self.dims, int(config.get("width", 64)))
+        mean, std = config.get("mean"), config.get("std")
+        view = (1, -1) + (1,) * self.dims
+        self.register_buffer("pixel_mean", None if mean is None else torch.tensor(mean).view(view), persistent=False)
+        self.register_buffer("pixel_std", None if std is None else torch.tensor(std).view(view), persistent=False)
+        self.backbone.lock(config["freeze"], int(config.get("unlocked_layers", 1)))
+
+    @property
+    def task(self) -> str:
+        return str(self.cfg["task"])
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.cfg["freeze"] == "frozen"
+
+    def train(self, mode: bool = True) -> SegModel:
+        """A frozen backbone stays in eval mode (its normalisation statistics stay pretrained)."""
+        super().train(mode)
+        if mode and self.encoder_frozen:
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != self.in_chans:
+            raise ConfigError(f"images have {images.shape[1]} channels but the model expects {self.in_chans}")
+        x = images
+        if self.pixel_mean is not None:
+            x = x - self.pixel_mean.to(x.dtype)
+        if self.pixel_std is not None:
+            x = x / self.pixel_std.to(x.dtype)
+        if self.encoder_frozen:
+            with torch.no_grad():
+                feats = self.backbone(x)
+        else:
+            feats = self.backbone(x)
+        return self.head(feats, tuple(images.shape[2:]))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class probabilities ``[B, K, *S]`` (background dropped for multiclass)."""
+        if self.task == "multiclass":
+            return logits.softmax(1)[:, 1:]
+        return logits.sigmoid()
+
+    def num_params(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def tower_config_from_encoder(spec: str, in_chans: int | None = None,
+                              image_size: int | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor] | None]:
+    """The image-tower config (and weights, if pretrained) behind an encoder spec.
+
+    ``spec``: a medvl CLIP checkpoint directory, a preset name (``clip-tiny``, ``clip3d-tiny``:
+    random init, the from-scratch baseline) or ``timm:<name>[@weights.safetensors]``. Returns
+    ``(tower config dict with mean/std, tower state dict or None)``.
+    """
+    from pathlib import Path
+
+    from medvl.config import to_dict
+
+    if Path(spec).is_dir():
+        from medvl.models.serialization import load_model
+
+        model = load_model(spec)
+        cfg = to_dict(model.cfg.image)
+        cfg["pretrained_weights"] = None
+        return cfg, {k: v.clone() for k, v in model.visual.state_dict().items()}
+    if spec.startswith("timm:"):
+        name, _, weights = spec[len("timm:"):].partition("@")
+        if not name:
+            raise ConfigError("timm encoder spec needs a model name: timm:<name>[@weights.safetensors]")
+        cfg = {"type": "timm", "name": name, "in_chans": in_chans or 3, "image_size": image_size or 224,
+               "pretrained_weights": weights or None, "mean": None, "std": None, "kwargs": {}}
+        if weights:
+            from medvl.config import from_dict
+            from medvl.models.config import ImageTowerConfig
+            from medvl.models.image_towers import build_image_tower
+
+            tower = build_image_tower(from_dict(ImageTowerConfig, cfg))
+            cfg["pretrained_weights"] = None
+            return cfg, tower.state_dict()
+        return cfg, None
+    if spec.startswith(("hf:", "openclip:")):
+        raise ConfigError(f"segmentation encoder {spec!r}: hf:/openclip: backbones are not supported yet; use a "
+                          "medvl checkpoint, a preset name (clip-tiny, clip3d-tiny) or timm:<name>")
+    from medvl.models.registry import create_model
+
+    try:
+        model = create_model(spec)
+    except Exception as exc:
+        raise ConfigError(f"segmentation encoder {spec!r} is neither a medvl checkpoint directory, a preset name "
+                          f"nor timm:<name> ({exc})") from exc
+    cfg = to_dict(model.cfg.image)
+    if in_chans is not None:
+        cfg["in_chans"] = in_chans
+    if image_size is not None:
+        cfg["image_size"] = image_size
+    return cfg, None
+
+
+def build_seg_model(encoder: str, classes: list[str], task: str, head: str = "fpn", freeze: str = "finetune",
+                    unlocked_layers: int = 1, width: int = 64, in_chans: int | None = None,
+                    image_size: int | None = None) -> SegModel:
+    """A :class:`SegModel` on the tower of ``encoder`` (see :func:`tower_config_from_encoder`)."""
+    tower_cfg, state = tower_config_from_encoder(encoder, in_chans, image_size)
+    mean, std = tower_cfg.pop("mean", None), tower_cfg.pop("std", None)
+    n = int(tower_cfg.get("in_chans", 1))
+    if mean is not None and len(mean) == 1:
+        mean = mean * n
+    if std is not None and len(std) == 1:
+        std = std * n
+    config = {"encoder": str(encoder), "tower": {**tower_cfg, "mean": None, "std": None}, "mean": mean, "std": std,
+              "classes": list(classes), "task": task, "head": head, "freeze": freeze,
+              "unlocked_layers": int(unlocked_layers), "width": int(width)}
+    model = SegModel(config, load_pretrained=False)
+    if state is not None:
+        model.backbone.tower.load_state_dict(state)
+    return model

@@ -1,0 +1,1 @@
+"""Segmentation with foundation encoders: data, losses, training, inference (see each module)."""
