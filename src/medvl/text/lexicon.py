@@ -57,7 +57,8 @@ MENTIONS: dict[str, list[str]] = {
     ],
     "Pneumothorax": [r"pneumothora(?:x|ces)", r"\bptx", r"hydropneumothorax"],
     "Pleural Effusion": [
-        r"pleural effusions?", r"(?<!pericardial )(?<!joint )effusions?", r"pleural fluid", r"hydrothorax", r"hydropneumothorax",
+        r"pleural effusions?", r"(?<!pericardial )(?<!joint )effusions?", r"pleural fluid", r"hydrothorax",
+        r"hydropneumothorax",
         r"fluid in the (?:\w+ ){0,2}pleural", r"blunt(?:ing|ed) of the (?:\w+ ){0,2}costophrenic",
         r"costophrenic (?:angle |sulcus )?blunting",
     ],
