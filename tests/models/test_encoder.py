@@ -68,8 +68,9 @@ def test_unknown_schema_lists_valid_ones(tmp_path):
 
 def test_register_schema_is_one_line(monkeypatch):
     from medvl.models import encoder as encoder_mod
+    from medvl.models import encoder_registry
 
-    monkeypatch.setattr(encoder_mod, "_SCHEMAS", dict(encoder_mod._SCHEMAS))
+    monkeypatch.setattr(encoder_registry, "_SCHEMAS", dict(encoder_registry._SCHEMAS))
 
     @register_encoder_schema("fake")
     def _fake(rest, device="cpu", **kwargs):

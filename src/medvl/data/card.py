@@ -121,6 +121,15 @@ class DatasetCard:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
 
+def uses_prompt_pairs(task: str, n_classes: int) -> bool:
+    """Multilabel, and binary cards naming only the positive class, score present-vs-absent prompt pairs.
+
+    A rule of the card's task, read by zero-shot evaluation, the server and the ``describe``
+    training objective alike (so it lives here, below all of them).
+    """
+    return task == "multilabel" or (task == "binary" and n_classes == 1)
+
+
 def card_from_dict(data: dict[str, Any], source: str = "<dict>") -> DatasetCard:
     known = {"name", "modality", "task", "description", "license", "templates", "negative_templates", "classes"}
     try:

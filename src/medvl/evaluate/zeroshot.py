@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medvl.data.card import DatasetCard
+from medvl.data.card import DatasetCard, uses_prompt_pairs
 from medvl.errors import ManifestError, MedvlError
 
 log = logging.getLogger(__name__)
@@ -45,11 +45,6 @@ def class_embeddings(encoder: Any, card: DatasetCard, classes: Sequence[str] | N
     """[K, E] ensembled class (or, with ``negative``, class-absent) embeddings in ``classes`` order."""
     names = list(classes) if classes is not None else card.class_names
     return torch.stack([ensemble_embedding(encoder, card.prompts(c, negative=negative)) for c in names])
-
-
-def uses_prompt_pairs(task: str, n_classes: int) -> bool:
-    """Multilabel, and binary cards naming only the positive class, score present-vs-absent pairs."""
-    return task == "multilabel" or (task == "binary" and n_classes == 1)
 
 
 def zeroshot_scores(image_emb: np.ndarray | torch.Tensor, pos_emb: torch.Tensor, task: str,

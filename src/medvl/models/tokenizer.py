@@ -169,3 +169,17 @@ def train_tokenizer(
         special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
     )
     return Tokenizer(backend, context_length)
+
+
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the trailing token columns that are padding in every row of the batch.
+
+    The tokenizer pads to the full context length; a batch of short captions would otherwise pay
+    for attention and MLPs over pad positions. Exact: pads are masked out as attention keys and
+    never pooled, so the features are unchanged (up to float summation order).
+    """
+    used = attention_mask.bool().any(dim=0).nonzero()
+    length = int(used.max()) + 1 if used.numel() else 1
+    if length < input_ids.shape[1]:
+        return input_ids[:, :length], attention_mask[:, :length]
+    return input_ids, attention_mask

@@ -29,7 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medvl.data.card import uses_prompt_pairs
 from medvl.errors import ConfigError
+from medvl.models.tokenizer import trim_padding
 from medvl.objectives.context import ObjectiveContext, TrainingDataInfo
 from medvl.objectives.infonce import contrastive_inputs
 
@@ -76,8 +78,6 @@ class DescriptionLoss(nn.Module):
         if data is None or data.card is None or not data.classes:
             raise ConfigError("objective 'describe' needs a dataset card (card.yaml beside the manifest) with "
                               "the classes' synonyms/descriptions; sharded training data has none")
-        from medvl.evaluate.zeroshot import uses_prompt_pairs
-
         card = data.card
         self.pairs = uses_prompt_pairs(data.task, len(data.classes))
         positive = [card.prompts(c) for c in data.classes]
@@ -101,8 +101,6 @@ class DescriptionLoss(nn.Module):
                           device: torch.device) -> torch.Tensor:
         """Encode ``prompts_per_class`` sampled prompts per class (with replacement when a class has
         fewer) and average each class's embeddings: ``[K, E]`` normalised."""
-        from medvl.train.trainer import trim_padding
-
         k = self.prompts_per_class
         ids, masks = [], []
         for class_ids, class_mask in sets:

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from medvl.config import save_yaml
 from medvl.errors import CheckpointError, ConfigError, TrainingDivergedError
+from medvl.models.tokenizer import trim_padding  # noqa: F401  (re-exported: medvl.train.trainer.trim_padding)
 from medvl.train import checkpoint as ckpt_io
 from medvl.train.config import TrainConfig, incompatible_keys
 from medvl.train.data import TrainData, build_train_data
@@ -378,9 +379,14 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
         }
         path = out_dir / ckpt_io.CHECKPOINTS / ckpt_io.step_dir_name(at_step)
         if info.is_main:
+            from medvl.data.leakage import write_train_record
             from medvl.models import save_model
 
-            path = ckpt_io.save_checkpoint(out_dir, at_step, lambda d: save_model(core, d), train_state,
+            def write_model(d: Path) -> None:
+                save_model(core, d)
+                write_train_record(d, data.training_record())  # for medvl eval's leakage check
+
+            path = ckpt_io.save_checkpoint(out_dir, at_step, write_model, train_state,
                                            resolved, keep_last=cfg.train.keep_last)
         barrier(info)
         return path
@@ -466,20 +472,6 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
 
 def images_are_2d(images: torch.Tensor) -> bool:
     return images.ndim == 4
-
-
-def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the trailing token columns that are padding in every row of the batch.
-
-    The tokenizer pads to the full context length; a batch of short captions would otherwise pay
-    for attention and MLPs over pad positions. Exact: pads are masked out as attention keys and
-    never pooled, so the features are unchanged (up to float summation order).
-    """
-    used = attention_mask.bool().any(dim=0).nonzero()
-    length = int(used.max()) + 1 if used.numel() else 1
-    if length < input_ids.shape[1]:
-        return input_ids[:, :length], attention_mask[:, :length]
-    return input_ids, attention_mask
 
 
 def forward_loss(model: nn.Module, objective: nn.Module, images: torch.Tensor, input_ids: torch.Tensor,

@@ -1,6 +1,7 @@
 """Pretrained public models behind medvl's :class:`~medvl.models.encoder.Encoder` interface.
 
-Schemas (registered with :func:`~medvl.models.encoder.register_encoder_schema`)::
+Schemas (registered with :func:`~medvl.models.encoder_registry.register_encoder_schema`; this package
+imports only the interface and the registry, never :mod:`medvl.models.encoder`, which imports it)::
 
     openclip:<folder>[?text=<hf text folder>]   open_clip folder (open_clip_config.json + weights)
     openclip:hf-hub:org/repo                    the same from the Hub / HF cache
@@ -26,7 +27,7 @@ from medvl.models.pretrained.known import (
 )
 from medvl.models.pretrained.openclip import load_openclip_encoder
 
-# Prefix -> loader, re-registered by medvl.models.encoder if a registry was swapped out.
+# Prefix -> loader (they register themselves on import); medvl.models.encoder re-adds them to a swapped registry.
 ENCODER_SCHEMAS = {"openclip": load_openclip_encoder, "hf": load_hf_encoder}
 
 __all__ = [

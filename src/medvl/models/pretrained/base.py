@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medvl.errors import ConfigError, MedvlError
-from medvl.models.encoder import Encoder
+from medvl.models.encoder_base import Encoder
 
 log = logging.getLogger(__name__)
 

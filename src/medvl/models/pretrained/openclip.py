@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from medvl.errors import CheckpointError, ConfigError, MedvlError
-from medvl.models.encoder import register_encoder_schema
+from medvl.models.encoder_registry import register_encoder_schema
 from medvl.models.pretrained.base import (
     ImagePreprocess,
     PretrainedEncoder,
