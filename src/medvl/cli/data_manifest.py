@@ -20,13 +20,15 @@ def check(
     report: Path | None = typer.Option(None, help="Also write the full report as JSON here."),
     no_images: bool = typer.Option(False, "--no-images", help="Skip decoding images (existence only)."),
     max_shown: int = typer.Option(30, help="Findings printed per severity (all go to --report)."),
+    against: Path | None = typer.Option(None, "--against", help="Another manifest (e.g. the pretraining set): "
+                                        "report identical images and shared patients; across splits = error."),
 ) -> None:
     """Report missing/unreadable files, unknown labels, empty texts, duplicates, patient leaks, finding
     masks (readable, image-sized, binary or a declared label map, labels in the card) and class
     balance per split. Exits 1 when any error is found."""
     from medvl.data.check import check_manifest
 
-    result = check_manifest(manifest, verify_images=not no_images)
+    result = check_manifest(manifest, verify_images=not no_images, against=against)
     table = Table(title=f"{manifest}: {result.n_rows} rows")
     table.add_column("split")
     table.add_column("rows", justify="right")
@@ -42,6 +44,10 @@ def check(
                           soft_wrap=True)
         if len(items) > max_shown:
             console.print(f"... and {len(items) - max_shown} more {severity}s (see --report)")
+    if result.against is not None:
+        a = result.against
+        console.print(f"against {a['manifest']} ({a['n_rows']} rows): {a['shared_images']} image(s) with identical "
+                      f"content, {a['shared_patients']} shared patient id(s)", highlight=False, soft_wrap=True)
     if report:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(json.dumps(result.to_dict(), indent=2))

@@ -66,8 +66,11 @@ def _cache(cache_dir: Path | None, no_cache: bool) -> Path | None:
     return None if no_cache else (cache_dir or default_cache_dir())
 
 
-def _report(results: Any, out: Path | None, title: str) -> None:
+def _report(results: Any, out: Path | None, title: str, leakage: dict[str, Any] | None = None) -> None:
+    from medvl.evaluate.features import record_leakage
     from medvl.evaluate.results import EvalResult, records_table, save_results
+
+    record_leakage(results, leakage)
 
     runs = [results] if isinstance(results, EvalResult) else list(results)
     console.print(records_table([r for run in runs for r in run.records], title=title))
@@ -113,7 +116,7 @@ def zeroshot_cmd(model: str = _model, data: Path = _data, split: str = _split, o
     assert feats is not None
     res = zeroshot_features(inp.encoder, feats, inp.manifest.card, inp.classes, inp.task, logit_scale,
                             inp.model_name, inp.dataset, split, n_boot, seed)
-    _report(res, out, f"zero-shot: {inp.model_name} on {inp.dataset}/{split}")
+    _report(res, out, f"zero-shot: {inp.model_name} on {inp.dataset}/{split}", inp.leakage(split))
 
 
 @eval_app.command("retrieval")
@@ -131,7 +134,7 @@ def retrieval_cmd(model: str = _model, data: Path = _data, split: str = _split, 
     assert feats is not None
     res = retrieval_features(inp.encoder, feats, inp.classes, _ints(ks, "--ks"), inp.model_name, inp.dataset,
                              split, n_boot, seed)
-    _report(res, out, f"retrieval: {inp.model_name} on {inp.dataset}/{split}")
+    _report(res, out, f"retrieval: {inp.model_name} on {inp.dataset}/{split}", inp.leakage(split))
 
 
 @eval_app.command("grounding")
@@ -152,7 +155,7 @@ def grounding_cmd(model: str = _model, data: Path = _data, split: str = _split, 
     res = grounding_eval(inp.encoder, inp.manifest, split, n_boot=n_boot, seed=seed, batch_size=batch_size,
                          threshold=threshold, temperature=temperature, device=device, model_name=inp.model_name,
                          dataset=inp.dataset)
-    _report(res, out, f"grounding: {inp.model_name} on {inp.dataset}/{split}")
+    _report(res, out, f"grounding: {inp.model_name} on {inp.dataset}/{split}", inp.leakage(split))
     console.print(grounding_table(res))
 
 
@@ -183,7 +186,7 @@ def linear_probe_cmd(model: str = _model, data: Path = _data, split: str = _spli
                                 _floats(fractions, "--fractions"), _ints(seeds, "--seeds"),
                                 _floats(c_grid, "--c-grid") if c_grid else C_GRID, select_metric, device,
                                 inp.model_name, inp.dataset, split, n_boot)
-    _report(res, out, f"linear probe: {inp.model_name} on {inp.dataset}/{split}")
+    _report(res, out, f"linear probe: {inp.model_name} on {inp.dataset}/{split}", inp.leakage(split))
 
 
 @eval_app.command("knn")
@@ -207,7 +210,7 @@ def knn_cmd(model: str = _model, data: Path = _data, split: str = _split, out: P
     res = knn_features(f["train"], f["val"], f[split], inp.task, inp.classes, _ints(k, "--k"), weights,
                        temperature, device=device, model_name=inp.model_name, dataset=inp.dataset, split=split,
                        n_boot=n_boot, seed=seed)
-    _report(res, out, f"kNN: {inp.model_name} on {inp.dataset}/{split}")
+    _report(res, out, f"kNN: {inp.model_name} on {inp.dataset}/{split}", inp.leakage(split))
 
 
 @eval_app.command("finetune")
@@ -233,6 +236,7 @@ def finetune_cmd(model: str = _model, data: Path = _data, split: str = _split, o
                  image_size: int | None = _image_size, in_chans: int | None = _in_chans,
                  n_boot: int = _n_boot, device: str = _device, verbose: bool = _verbose) -> None:
     """Fine-tune the image tower + a linear head; model selection on validation AUROC."""
+    from medvl.data.leakage import model_leakage
     from medvl.data.manifest import load_eval_manifest
     from medvl.evaluate.finetune import finetune, protocol_config, summarise_seeds
 
@@ -244,7 +248,8 @@ def finetune_cmd(model: str = _model, data: Path = _data, split: str = _split, o
     seed_list = _ints(seeds, "--seeds")
     res = finetune(model, manifest, cfg, seed_list, device, split=split, n_boot=n_boot,
                    encoder_kwargs=_encoder_kwargs(model, image_size, in_chans))
-    _report(res, out, f"fine-tune ({protocol}): {model} on {manifest.path.parent.name}/{split}")
+    _report(res, out, f"fine-tune ({protocol}): {model} on {manifest.path.parent.name}/{split}",
+            model_leakage(model, manifest, split))
     if len(res) > 1:
         summary = summarise_seeds(res)
         console.print("mean ± sd over seeds " + ", ".join(str(s) for s in seed_list) + ": " +

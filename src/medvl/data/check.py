@@ -52,6 +52,7 @@ class CheckReport:
     findings: list[Finding] = field(default_factory=list)
     split_counts: dict[str, int] = field(default_factory=dict)
     class_balance: dict[str, dict[str, int]] = field(default_factory=dict)
+    against: dict[str, Any] | None = None  # overlap summary with a second manifest (--against)
 
     @property
     def errors(self) -> list[Finding]:
@@ -74,6 +75,7 @@ class CheckReport:
             "n_warnings": len(self.warnings),
             "split_counts": self.split_counts,
             "class_balance": self.class_balance,
+            "against": self.against,
             "findings": [asdict(f) for f in self.findings],
         }
 
@@ -102,7 +104,9 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
     grid, which the mask checks compare against.
     """
     from medvl.data.io import read_image
+    from medvl.data.leakage import HashCache
 
+    cache = HashCache(m.root)  # a second check (or a leakage check) reads no bytes again
     hashes: dict[str, list[tuple[int, str]]] = defaultdict(list)
     for s in m.samples:
         if not s.image:
@@ -122,11 +126,12 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
                 if view == 0 and shapes is not None:
                     shapes[s.row] = spatial_shape(np.asarray(image.array))
             if path.is_file():
-                hashes[file_hash(path)].append((s.row, s.split))
+                hashes[cache.hash(path)].append((s.row, s.split))
         for rel in filter(None, (p.strip() for p in s.mask.split("|"))):
             path = m.resolve(rel)
             if not path.exists():
                 report.findings.append(Finding("error", "missing_mask", "mask file not found", s.row, str(path)))
+    cache.save()
     return hashes
 
 
@@ -266,8 +271,44 @@ def _class_balance(m: Manifest, report: CheckReport) -> None:
                     "warning", "class_absent", f"class {c!r} has no positive sample in split {split!r}"))
 
 
-def check_manifest(path: str | Path, *, verify_images: bool = True) -> CheckReport:
-    """Run every check on a manifest (and its card) and return the findings; never raises on content."""
+def _rows(rows: list[tuple[int, str]]) -> str:
+    return ", ".join(f"{r} ({sp})" for r, sp in rows[:5]) + (" ..." if len(rows) > 5 else "")
+
+
+def _check_against(m: Manifest, other_path: str | Path, report: CheckReport) -> None:
+    """Overlap with another manifest: identical image content and shared patient ids. Data in one split
+    here and another split there (train vs test) is leakage, an error; the same split on both sides is
+    a warning (a duplicated dataset)."""
+    from medvl.data.leakage import crosses_splits, manifest_overlap
+
+    other = load_manifest(other_path)
+    ov = manifest_overlap(m, other)
+    where = str(other.path)
+    for rows_a, rows_b in ov.images:
+        cross = crosses_splits([sp for _, sp in rows_a], [sp for _, sp in rows_b])
+        report.findings.append(Finding(
+            "error" if cross else "warning", "overlap_image",
+            f"the same image content is in rows {_rows(rows_a)} here and rows {_rows(rows_b)} of the other "
+            f"manifest{': train/test leakage' if cross else ''}", rows_a[0][0], where))
+    first_row = {}
+    for s in m.samples:
+        first_row.setdefault(s.patient_id, s.row)
+    for pid, (sa, sb) in ov.patients.items():
+        cross = crosses_splits(sa, sb)
+        report.findings.append(Finding(
+            "error" if cross else "warning", "overlap_patient",
+            f"patient {pid!r} is in split(s) {', '.join(sa)} here and {', '.join(sb)} in the other manifest"
+            f"{': train/test leakage' if cross else ''}", first_row.get(pid), where))
+    report.against = {"manifest": where, "n_rows": len(other), "shared_images": len(ov.images),
+                      "shared_patients": len(ov.patients)}
+
+
+def check_manifest(path: str | Path, *, verify_images: bool = True,
+                   against: str | Path | None = None) -> CheckReport:
+    """Run every check on a manifest (and its card) and return the findings; never raises on content.
+
+    ``against``: a second manifest (e.g. the pretraining set) to report overlap with.
+    """
     m = load_manifest(path)
     report = CheckReport(manifest=str(path), n_rows=len(m))
     shapes: dict[int, tuple[int, ...]] = {}
@@ -277,4 +318,6 @@ def check_manifest(path: str | Path, *, verify_images: bool = True) -> CheckRepo
     _check_masks(m, m.card, shapes, verify_images, report)
     _check_splits(m, report)
     _class_balance(m, report)
+    if against is not None:
+        _check_against(m, against, report)
     return report

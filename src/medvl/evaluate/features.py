@@ -232,6 +232,33 @@ class EvalInputs:
     classes: list[str]
     dataset: str
     model_name: str
+    _leakage: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    def leakage(self, split: str) -> dict[str, Any]:
+        """Images/patients of ``split`` the model saw in pretraining (warns once when any), for the result
+        JSON's ``config.leakage`` (see :mod:`medvl.data.leakage`)."""
+        if split not in self._leakage:
+            from medvl.data.leakage import model_leakage
+
+            self._leakage[split] = model_leakage(self.model_name, self.manifest, split)
+        return self._leakage[split]
+
+
+def record_leakage(results: Any, leakage: dict[str, Any] | None) -> Any:
+    """Write ``leakage`` into every record's config (and each run's prediction meta); returns ``results``.
+
+    Why in the result: a score is only comparable with others when the reader can see whether the
+    evaluated images were part of the model's pretraining data.
+    """
+    if leakage is None:
+        return results
+    runs = [results] if hasattr(results, "records") else list(results)
+    for run in runs:
+        for rec in run.records:
+            rec.config["leakage"] = dict(leakage)
+        if getattr(run, "predictions", None) is not None:
+            run.predictions.meta["leakage"] = dict(leakage)
+    return results
 
 
 def load_eval_inputs(model: str, data: str | Path, device: str = "cpu",

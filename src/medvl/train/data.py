@@ -42,6 +42,7 @@ class TrainData:
     card: Any | None = None  # the manifest's DatasetCard (description-enhanced objectives read it)
     skipped_labels: int = 0  # rows left out for labels the card does not know (data.on_error=skip)
     _skip_counter: Callable[[], int] = field(default=lambda: 0, repr=False)
+    _record: dict[str, Any] | None = field(default=None, repr=False)
 
     def fingerprint(self) -> str:
         """Hash of the usable training pairs in index order: data order (and so exact resume)
@@ -54,6 +55,20 @@ class TrainData:
     def skipped_images(self) -> int:
         """Images the dataset could not read and skipped (``data.on_error=skip``)."""
         return self._skip_counter()
+
+    def training_record(self) -> dict[str, Any] | None:
+        """What this run trains on, for the pretraining-evaluation leakage check: the content hashes and
+        patient ids of the rows the sampler may draw (:mod:`medvl.data.leakage`). Computed once (through
+        the file-hash cache); None for tar shards (no manifest rows to hash)."""
+        manifest = getattr(self.dataset, "manifest", None)
+        if manifest is None:
+            return None
+        if self._record is None:
+            from medvl.data.leakage import build_train_record
+
+            samples = [self.dataset.samples[i] for i in self.indices]
+            self._record = build_train_record(manifest, samples, str(getattr(self.dataset, "split", "")))
+        return self._record
 
     def report_label_skips(self) -> None:
         """(Re)write the unknown-label rows to the skip report: a fresh run deletes the old report

@@ -14,12 +14,12 @@ if TYPE_CHECKING:
                                    "small_stem", "torch_init", "normalise"}, headline="auroc")
 def run(ctx: TaskContext) -> list[EvalResult]:
     """Fine-tuning via :func:`medvl.evaluate.finetune.finetune`; builds its encoders itself (no shared features)."""
-    from medvl.data.manifest import load_manifest
+    from medvl.data.manifest import load_eval_manifest
     from medvl.evaluate.finetune import finetune, protocol_config
 
     params = dict(ctx.params)
     protocol = params.pop("protocol", "default")
     cfg = protocol_config(protocol, **params)
-    return finetune(ctx.encoder_spec, load_manifest(ctx.manifest_path), cfg, seeds=[ctx.seed], device=ctx.device,
+    return finetune(ctx.encoder_spec, load_eval_manifest(ctx.manifest_path), cfg, seeds=[ctx.seed], device=ctx.device,
                     split=ctx.split, encoder_kwargs=ctx.encoder_options, model_name=ctx.job.model,
                     n_boot=ctx.suite.bootstrap)

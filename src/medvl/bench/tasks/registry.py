@@ -196,6 +196,12 @@ def run_job(job: Job, encoder_spec: str, manifest_path: Path, suite: Suite, out_
     out = task.run(ctx)
     if isinstance(out, str):
         return out
+    from medvl.data.leakage import model_leakage
+    from medvl.data.manifest import load_manifest
+    from medvl.evaluate.features import record_leakage
+
+    manifest = ctx._inputs.manifest if ctx._inputs is not None else load_manifest(ctx.manifest_path)
+    record_leakage(out, model_leakage(encoder_spec, manifest, ctx.split))  # pretraining overlap, in the result
     save_results(out, out_path)
     return None
 
