@@ -89,3 +89,66 @@ def eval_vqa(
     console.print(records_table(res.records, title=f"VQA: {model or answers} on {data.parent.name}/{split}"))
     if out is not None:
         console.print(f"results: {save_results(res, out)} (+ per-question predictions beside it)")
+
+
+@eval_app.command("report-gen")
+def eval_report_gen(
+    data: Path = typer.Option(..., "--data", help="Manifest with reference reports (text column)."),
+    model: str | None = typer.Option(None, "--model", help="Checkpoint trained with the caption objective "
+                                                           "(its image tower also drives the baselines)."),
+    systems: str = typer.Option("model,retrieval,normal,template", "--systems",
+                                help="Comma-separated: model, retrieval, normal, template ('' for none)."),
+    external: list[str] = typer.Option([], "--external", help="NAME=FILE.jsonl: another system's reports "
+                                                              "({study_id, report}); repeatable."),
+    split: str = typer.Option("test", "--split", help="Split to write and score."),
+    train_split: str = typer.Option("train", "--train-split", help="Split the baselines learn from."),
+    method: str = typer.Option("greedy", "--method", help="Decoding for the model: greedy, beam or sample."),
+    max_tokens: int = typer.Option(60, "--max-tokens", help="Most new tokens per report."),
+    beams: int = typer.Option(4, "--beams", help="Beams for --method beam."),
+    length_penalty: float = typer.Option(1.0, "--length-penalty", help="Beam score / length**penalty."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Images decoded together."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patient-level)."),
+    seed: int = typer.Option(0, "--seed", help="Bootstrap and sampling seed."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    out: Path | None = typer.Option(None, "--out", help="results.json: one run per system (+ predictions); the "
+                                                        "generated JSONL files go beside it."),
+) -> None:
+    """Generate with the model and the baselines, score BLEU/ROUGE-L/CIDEr-D/CE with CIs, test vs retrieval."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from medvl.evaluate.report_gen import HEADLINE, evaluate_report_generation, parse_external, summary_rows
+    from medvl.evaluate.results import save_results
+    from medvl.generate import DecodeConfig
+
+    cfg = DecodeConfig(method=method, max_new_tokens=max_tokens, num_beams=beams, length_penalty=length_penalty,
+                       seed=seed).validate()
+    names = tuple(s.strip() for s in systems.split(",") if s.strip())
+    pred_dir = (out.parent / f"{out.stem}.reports") if out is not None else None
+    res = evaluate_report_generation(model, data, systems=names, external=parse_external(external), split=split,
+                                     train_split=train_split, cfg=cfg, batch_size=batch_size, n_boot=n_boot,
+                                     seed=seed, device=device, pred_dir=pred_dir)
+    table = Table(title=f"report generation on {data.parent.name}/{split} (95% patient-bootstrap CIs; "
+                        f"delta and p: paired test vs {res.reference})")
+    table.add_column("system")
+    for m in HEADLINE:
+        table.add_column(m, justify="right")
+        table.add_column(f"Δ{m} (p)", justify="right")
+    for row in summary_rows(res):
+        cells = [row["system"]]
+        for m in HEADLINE:
+            v = row.get(m)
+            cells.append(f"{v[0]:.3f} [{v[1]:.3f},{v[2]:.3f}]" if v and v[1] is not None else
+                         (f"{v[0]:.3f}" if v else ""))
+            d = row.get(f"delta_{m}")
+            cells.append(f"{d[0]:+.3f} ({d[3]:.3g})" if d else "")
+        table.add_row(*cells)
+    console = Console(width=max(Console().width, 180))
+    console.print(table)
+    if out is not None:
+        path = save_results(list(res.runs.values()), out)
+        comps = {name: c.to_dict() for name, c in res.comparisons.items()}
+        out.with_name(f"{out.stem}.compare.json").write_text(json.dumps(comps, indent=1))
+        console.print(f"results: {path}; paired tests: {out.stem}.compare.json; reports: {pred_dir}/")

@@ -10,6 +10,7 @@ it to the model (which sizes the decoder exactly as in training) and loads its w
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ class Captioner:
         return decode(logits_fn, images.shape[0], d.bos_id, d.eos_id, cfg, self.device)
 
     def decode_tokens(self, tokens: list[int]) -> str:
-        return self.model.tokenizer.decode(tokens).strip()
+        """Token ids -> text; the from-scratch tokenizer splits punctuation off, so re-attach it."""
+        return re.sub(r"\s+([.,:;!?)])", r"\1", self.model.tokenizer.decode(tokens)).strip()
 
 
 def load_captioner(path: str | Path, device: str | torch.device = "cpu") -> Captioner:

@@ -2,8 +2,8 @@
 
 The file format is the one the report metrics read (``medvl eval reports``): one JSON object
 per line, ``{"study_id": ..., "report": ...}``, keyed by the manifest's study id (falling back
-to the image path(s) when a row has none). Rows that share a study id get one report, written
-from the first row's image(s). Images go through the same preprocessing as training
+to the row's ``id`` column, then its row number, as the report metrics do). Rows that share a
+study id get one report, written from the first row's image(s). Images go through the same preprocessing as training
 (:class:`~medvl.data.dataset.ManifestDataset`, no augmentation; the model normalises inside).
 
 Bad output is never written silently: an empty report (the decoder ended at once, or produced
@@ -32,8 +32,9 @@ class GenerationError(MedvlError):
 
 
 def study_key(sample: Sample) -> str:
-    """The id a report is stored under: the study id, else the image path(s)."""
-    return sample.study_id or "|".join(sample.image)
+    """The id a report is stored under: the study id, else the row's ``id`` column, else its row
+    number (the keys :func:`medvl.evaluate.reports.report_references` scores against)."""
+    return sample.study_id or str(sample.extra.get("id") or "").strip() or str(sample.row)
 
 
 @dataclass
