@@ -64,6 +64,8 @@ def test_zeroshot_cli_writes_json_and_model_card(toy: dict, tmp_path: Path) -> N
     assert "pretraining-evaluation overlap: not recorded" in md
     assert "Clean AUROC on toy/test (zeroshot)" in md
     assert "Not tested" not in md  # no corruption was skipped here
+    assert "## Zero-shot prompt sensitivity" in md and "phrase #2" in md
+    assert "## Confusable pairs" in md and d["extras"]["confusable_pairs"]["n_images"] == 32
     html = next(card.glob("*.html")).read_text()
     assert "<table>" in html and "reliability.png" in html
     assert (card / next(card.glob("*.reliability.png")).name).stat().st_size > 1000

@@ -177,7 +177,7 @@ def caveats(report: Any) -> list[str]:
     cp = report.extras.get("confusable_pairs")
     if cp:
         out.append(f"Confusable pairs: {cp.get('n_pairs')} image pairs with near-identical embeddings (cosine >= "
-                   f"{_f(cp.get('threshold'))}) but different labels; both right in {_f(cp.get('pair_accuracy'))} "
+                   f"{_f(cp.get('threshold'), 4)}) but different labels; both right in {_f(cp.get('pair_accuracy'))} "
                    "of them.")
     wc = report.extras.get("wise_curve")
     if wc:
@@ -246,7 +246,8 @@ def card_blocks(report: Any, data: dict[str, Any] | None, figures: dict[str, str
     cp = report.extras.get("confusable_pairs")
     if cp:
         b.append(("h2", "Confusable pairs"))
-        b.append(("p", f"{cp['n_pairs']} pairs of test images whose embeddings have cosine >= {_f(cp['threshold'])} "
+        b.append(("p", f"{cp['n_pairs']} pairs of test images whose embeddings have cosine >= {_f(cp['threshold'], 4)} "
+                       f"({cp.get('threshold_rule', '')}) "
                        f"but different labels; pair accuracy (both right) {_f(cp['pair_accuracy'])}."))
         if cp.get("pairs"):
             b.append(("table", (["image A", "label A", "image B", "label B", "cosine", "both right"],
@@ -388,7 +389,8 @@ def write_model_card(report: Any, out_dir: str | Path, stem: str | None = None,
     """Write ``<stem>.md``, ``<stem>.html``, ``<stem>.json`` (the report) and the PNG figures into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = stem or slug(f"{report.model}-{report.dataset}-{report.protocol}")
+    name = "-".join(Path(report.model).parts[-2:]) if Path(report.model).exists() else report.model
+    stem = stem or slug(f"{name}-{report.dataset}-{report.protocol}")
     if data is None and report.config.get("manifest"):
         data = data_summary(report.config["manifest"], report.model)
     figs = _figures(report, out_dir, stem)

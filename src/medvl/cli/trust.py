@@ -129,3 +129,17 @@ def merge_cmd(
     written = merge_checkpoints(a, b, _floats(alpha, "--alpha"), out, base=base)
     for al, path in written:
         console.print(f"alpha {al:g}: {path}")
+
+
+@eval_app.command("pair-accuracy")
+def pair_accuracy_cmd(
+    answers: Path = typer.Argument(..., help="JSONL: image, question, pair_id, prediction, answer per row."),
+    n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates over pairs."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """MediConfusion pair accuracy of a generative model's answers (a pair counts when all its answers are right)."""
+    from medvl.evaluate.confusable import answer_pair_accuracy
+
+    r = answer_pair_accuracy(answers, n_boot, seed)
+    console.print(f"{r.n_rows} answers, {r.n_pairs} pairs: question accuracy {r.question_accuracy.fmt()}, "
+                  f"pair accuracy {r.pair_accuracy.fmt()} (95% CI over pairs)")
