@@ -76,7 +76,10 @@ def test_breastmnist_official_splits_and_class_counts(shared_data: Path, tmp_pat
     npz = shared_data / "medmnist" / "breastmnist.npz"
     r = convert_medmnist("breastmnist", tmp_path / "bm", size=28, npz=npz, seed=0)
     assert r.split_sizes == {"train": 546, "val": 78, "test": 156} and r.official_sizes_match
-    assert r.md5_matches_official is False  # the shared copy stores labels as (N,), not the official file
+    assert r.md5_matches_official is True  # the shared copy is the official file (labels (N, 1))
+    assert load_card(r.card).extra["medmnist"]["md5_matches_official"] is True
+    with np.load(npz) as z:
+        assert z["train_labels"].shape == (546, 1)
     m = load_manifest(r.manifest)
     assert m.card is not None and m.card.task == "binary" and m.classes == ["malignant", "normal, benign"]
     expected = {"train": (147, 399), "val": (21, 57), "test": (42, 114)}
