@@ -12,7 +12,7 @@ def seg_phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 chest phantoms at 32 px with finding masks (multilabel) and anatomy label maps."""
     from medvl.data.synthetic import generate_phantoms
 
-    return generate_phantoms(tmp_path_factory.mktemp("segph") / "data", n=40, size=32)
+    return generate_phantoms(tmp_path_factory.mktemp("segph") / "data", n=40, size=32, anatomy=True)
 
 
 def tiny_overrides(manifest: Path, steps: int = 4) -> list[str]:

@@ -22,6 +22,8 @@ def synth(
     image_format: str = typer.Option("png", "--format", help="Image format: png or jpg (masks are always png)."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace images/, manifest.csv and card.yaml in a non-empty --out."),
+    anatomy: bool = typer.Option(False, "--anatomy", help="Also write an organ label map per image (1 lung, "
+                                                          "2 heart; columns anatomy_mask/anatomy_mask_labels)."),
     vqa: bool = typer.Option(False, "--vqa", help="Also write vqa.csv: questions the ground truth answers "
                                                   "(presence, side, size, count, change, twin-image pairs)."),
 ) -> None:
@@ -31,7 +33,7 @@ def synth(
     start = time.perf_counter()
     manifest = generate_phantoms(out, n=n, size=size, seed=seed, sites=sites,
                                  studies_per_patient=studies_per_patient, image_format=image_format,
-                                 overwrite=overwrite)
+                                 overwrite=overwrite, anatomy=anatomy)
     typer.echo(f"wrote {n} phantoms ({size}px, {sites} sites) to {manifest} in {time.perf_counter() - start:.1f}s")
     if vqa:
         from medvl.data.vqa_synth import generate_vqa

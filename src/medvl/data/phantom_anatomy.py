@@ -465,6 +465,25 @@ def _draw_consolidation(c: Consolidation, a: Anatomy, fr: _Frame, ly: _Layers,
     return _nonempty(patch > 0.3, patch, fr.u, fr.v, centre)
 
 
+ANATOMY_LABELS = {1: "lung", 2: "heart"}
+"""Values of :func:`anatomy_label_map` (``mask_labels`` text ``1:lung|2:heart``)."""
+
+
+def anatomy_label_map(a: Anatomy, size: int) -> np.ndarray:
+    """Organ label map ``uint8 [size, size]``: 0 background, 1 lung fields, 2 cardiac silhouette.
+
+    Drawn from the same frame as the picture (no random numbers are drawn, so asking for it
+    leaves every image, mask and report byte-identical). The heart is drawn over the lungs (it
+    overlaps their medial parts on a PA film); "lung" is the lung field, the area a collapsed
+    lung or an effusion lies within.
+    """
+    fr = _frame(a, size)
+    out = np.zeros((size, size), dtype=np.uint8)
+    out[fr.lung > 0.5] = 1
+    out[fr.heart > 0.5] = 2
+    return out
+
+
 def render_phantom(ph: Phantom, size: int, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Brightness image in [0, 1] (float32, before site effects) and a bool mask per present finding.
 

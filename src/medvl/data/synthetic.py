@@ -37,9 +37,11 @@ from scipy import ndimage
 from medvl.data.card import ClassInfo, DatasetCard
 from medvl.data.manifest import write_manifest
 from medvl.data.phantom_anatomy import (
+    ANATOMY_LABELS,
     FIELD_OF_VIEW_MM,
     Anatomy,
     Phantom,
+    anatomy_label_map,
     jitter_anatomy,
     render_phantom,
     sample_anatomy,
@@ -267,8 +269,13 @@ def _extras(ph: Phantom) -> dict[str, Any]:
     }
 
 
-def _write_study(st: SyntheticStudy, out_dir: Path, size: int, seed: int, image_format: str) -> dict[str, Any]:
-    """Render, write image + masks, write the report: one manifest row."""
+def _write_study(st: SyntheticStudy, out_dir: Path, size: int, seed: int, image_format: str,
+                 anatomy: bool = False) -> dict[str, Any]:
+    """Render, write image + masks, write the report: one manifest row.
+
+    ``anatomy`` adds an organ label map (lungs, heart) in the extra columns ``anatomy_mask`` /
+    ``anatomy_mask_labels``; it draws no random numbers, so everything else stays identical.
+    """
     rng = np.random.default_rng([seed, 1, st.index])
     brightness, masks = render_phantom(st.phantom, size, rng)
     pixels = apply_site(brightness, st.site, rng)
@@ -280,11 +287,17 @@ def _write_study(st: SyntheticStudy, out_dir: Path, size: int, seed: int, image_
         Image.fromarray(mask.astype(np.uint8) * 255).save(out_dir / rel)
         mask_rels.append(rel)
     text = render_report(st.phantom, np.random.default_rng([seed, 2, st.index]), st.prior)
+    organs: dict[str, str] = {}
+    if anatomy:
+        rel = f"images/{st.study_id}_anatomy.png"
+        Image.fromarray(anatomy_label_map(st.phantom.anatomy, size)).save(out_dir / rel)
+        organs = {"anatomy_mask": rel,
+                  "anatomy_mask_labels": "|".join(f"{v}:{k}" for v, k in ANATOMY_LABELS.items())}
     return {
         "image": image_rel, "text": text, "labels": "|".join(st.phantom.labels), "split": st.split,
         "patient_id": st.patient_id, "study_id": st.study_id, "site": st.site.name, "modality": "xray",
         "mask": "|".join(mask_rels), "mask_labels": "|".join(masks), "view": "PA",
-        "study_index": st.study_index, **_extras(st.phantom),
+        "study_index": st.study_index, **_extras(st.phantom), **organs,
     }
 
 
@@ -339,8 +352,12 @@ def build_card(n: int, size: int, seed: int, sites: int, studies_per_patient: tu
 
 def generate_phantoms(out_dir: str | Path, n: int = 1000, size: int = 64, seed: int = 0, sites: int = 2,
                       studies_per_patient: str | int | tuple[int, int] = (1, 3), image_format: str = "png",
-                      overwrite: bool = False) -> Path:
+                      overwrite: bool = False, anatomy: bool = False) -> Path:
     """Write ``n`` phantom studies, their masks, ``manifest.csv`` and ``card.yaml``; return the manifest path.
+
+    ``anatomy``: also an organ label map per image (``images/<study>_anatomy.png``, 1 lung, 2 heart)
+    in the columns ``anatomy_mask`` / ``anatomy_mask_labels`` (``1:lung|2:heart``); off by default so
+    existing datasets and the demo stay byte-identical.
 
     Raises :class:`~medvl.errors.ConfigError` for bad arguments (n <= 0, size < 16, seed < 0, unknown
     format, sites outside 1-4) and :class:`~medvl.errors.MedvlError` for a non-empty ``out_dir`` without
@@ -351,6 +368,6 @@ def generate_phantoms(out_dir: str | Path, n: int = 1000, size: int = 64, seed: 
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite)
     studies = sample_cohort(int(n), seed, sites, spp)
-    rows = [_write_study(st, out, int(size), seed, image_format) for st in studies]
+    rows = [_write_study(st, out, int(size), seed, image_format, anatomy) for st in studies]
     build_card(int(n), int(size), seed, sites, spp, image_format).save(out / "card.yaml")
     return write_manifest(rows, out / "manifest.csv")

@@ -60,7 +60,7 @@ def segment_eval(model: Any, data: str | Path, split: str = "test", *, n_boot: i
     net = model if isinstance(model, SegModel) else load_seg_model(model, device=device)
     name = model_name or (str(model) if not isinstance(model, SegModel) else "segmodel")
     manifest = open_dataset(data)
-    layout = seg_layout(manifest, None)
+    layout = seg_layout(manifest, None, str(net.cfg.get("mask_column", "mask")))
     if layout.task != net.task or any(c not in layout.classes for c in net.classes):
         from medvl.errors import ConfigError
 

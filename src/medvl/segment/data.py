@@ -42,6 +42,7 @@ class SegLayout:
     classes: list[str]
     task: str  # multilabel | multiclass
     values: dict[str, int] = field(default_factory=dict)
+    column: str = "mask"  # the mask column; its labels are in "<column>_labels"
 
 
 @dataclass
@@ -66,8 +67,12 @@ class LoadedCase:
     affine: np.ndarray | None = None
 
 
-def _mask_labels(sample: Sample) -> str:
-    return str(sample.extra.get("mask_labels") or "").strip()
+def _mask_labels(sample: Sample, column: str = "mask") -> str:
+    return str(sample.extra.get(f"{column}_labels") or "").strip()
+
+
+def _mask_paths(sample: Sample, column: str = "mask") -> str:
+    return sample.mask if column == "mask" else str(sample.extra.get(column) or "")
 
 
 def parse_mask_labels(text: str, where: str) -> list[tuple[int | None, str]]:
@@ -88,16 +93,22 @@ def parse_mask_labels(text: str, where: str) -> list[tuple[int | None, str]]:
     return parsed
 
 
-def seg_layout(manifest: Manifest, classes: list[str] | None = None) -> SegLayout:
-    """Classes and task from every row's ``mask_labels`` (all splits, so train and test agree)."""
-    if not any("mask_labels" in s.extra for s in manifest.samples):
-        raise ManifestError(f"{manifest.path}: column 'mask_labels' is missing; segmentation needs 'mask' (paths) and "
-                            "'mask_labels' (the finding of each binary mask, or N:name entries of a label map)")
+def seg_layout(manifest: Manifest, classes: list[str] | None = None, column: str = "mask") -> SegLayout:
+    """Classes and task from every row's ``<column>_labels`` (all splits, so train and test agree).
+
+    ``column``: the mask column (default ``mask``; e.g. ``anatomy_mask`` for the phantoms' organ maps).
+    """
+    if column != "mask" and not any(column in s.extra for s in manifest.samples):
+        raise ManifestError(f"{manifest.path}: no column {column!r} (data.mask_column)")
+    if not any(f"{column}_labels" in s.extra for s in manifest.samples):
+        raise ManifestError(f"{manifest.path}: column '{column}_labels' is missing; segmentation needs '{column}' "
+                            f"(paths) and '{column}_labels' (the finding of each binary mask, or N:name entries of "
+                            "a label map)")
     values: dict[str, int] = {}
     names: list[str] = []
     kinds = set()
     for s in manifest.samples:
-        text = _mask_labels(s)
+        text = _mask_labels(s, column)
         if not text:
             continue
         for value, name in parse_mask_labels(text, f"{manifest.path}, row {s.row}"):
@@ -123,7 +134,7 @@ def seg_layout(manifest: Manifest, classes: list[str] | None = None) -> SegLayou
         if unknown:
             raise ConfigError(f"data.classes: {unknown} not found in {manifest.path}'s mask_labels; found: {names}")
         names = list(classes)
-    return SegLayout(names, task, {n: values[n] for n in names} if task == "multiclass" else {})
+    return SegLayout(names, task, {n: values[n] for n in names} if task == "multiclass" else {}, column)
 
 
 def seg_cases(manifest: Manifest, split: str | None, layout: SegLayout) -> list[SegCase]:
@@ -138,15 +149,17 @@ def seg_cases(manifest: Manifest, split: str | None, layout: SegLayout) -> list[
         where = f"{manifest.path}, row {s.row}"
         if not s.image:
             raise ManifestError(f"{where}: empty 'image' column")
-        paths = [p.strip() for p in s.mask.split("|") if p.strip()]
-        labels = parse_mask_labels(_mask_labels(s), where) if _mask_labels(s) else []
+        col = layout.column
+        paths = [p.strip() for p in _mask_paths(s, col).split("|") if p.strip()]
+        labels = parse_mask_labels(_mask_labels(s, col), where) if _mask_labels(s, col) else []
         if layout.task == "multiclass":
             if len(paths) != 1:
-                raise ManifestError(f"{where}: a label-map dataset needs exactly one 'mask' file per row, got "
-                                    f"{len(paths)} ({s.mask!r})")
+                raise ManifestError(f"{where}: a label-map dataset needs exactly one '{col}' file per row, got "
+                                    f"{len(paths)} ({_mask_paths(s, col)!r})")
         elif len(paths) != len(labels):
-            raise ManifestError(f"{where}: {len(paths)} mask path(s) in 'mask' but {len(labels)} finding(s) in "
-                                f"'mask_labels' ({s.mask!r} vs {_mask_labels(s)!r}); they must pair up one to one")
+            raise ManifestError(f"{where}: {len(paths)} mask path(s) in '{col}' but {len(labels)} finding(s) in "
+                                f"'{col}_labels' ({_mask_paths(s, col)!r} vs {_mask_labels(s, col)!r}); they must "
+                                "pair up one to one")
         masks = [manifest.resolve(p) for p in paths]
         for m in masks:
             if not m.exists():
@@ -300,4 +313,4 @@ def open_dataset(path: str | Path | Manifest) -> Manifest:
 
 
 def describe_layout(layout: SegLayout) -> dict[str, Any]:
-    return {"classes": layout.classes, "task": layout.task, "values": layout.values}
+    return {"classes": layout.classes, "task": layout.task, "values": layout.values, "column": layout.column}

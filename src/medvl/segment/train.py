@@ -65,6 +65,7 @@ class SegModelSection:
 class SegDataSection:
     manifest: str = ""
     train_split: str = "train"
+    mask_column: str = "mask"  # e.g. anatomy_mask (phantoms made with --anatomy); labels in <column>_labels
     classes: list[str] | None = None
     image_size: int = 64  # 2D input size
     patch_size: list[int] = field(default_factory=lambda: [32, 32, 32])  # 3D training patch
@@ -213,6 +214,7 @@ def build_model_for(cfg: SegTrainConfig, classes: list[str], task: str, dims: in
                           f"({cfg.data.manifest}) is {dims}D; use clip3d-tiny (or a 3D checkpoint) for volumes")
     model.cfg["image_size"] = int(cfg.data.image_size)
     model.cfg["patch_size"] = [int(p) for p in cfg.data.patch_size]
+    model.cfg["mask_column"] = cfg.data.mask_column
     if cfg.model.init:
         from medvl.segment.model import load_seg_model
 
@@ -226,7 +228,7 @@ def build_model_for(cfg: SegTrainConfig, classes: list[str], task: str, dims: in
 
 def training_cases(cfg: SegTrainConfig) -> tuple[Any, Any, list[SegCase]]:
     manifest = open_dataset(cfg.data.manifest)
-    layout = seg_layout(manifest, cfg.data.classes)
+    layout = seg_layout(manifest, cfg.data.classes, cfg.data.mask_column)
     cases = seg_cases(manifest, cfg.data.train_split, layout)
     cases = label_fraction_subset(cases, cfg.data.label_fraction, cfg.seed)
     return manifest, layout, cases
