@@ -97,3 +97,22 @@ def test_volume_nifti_sample_cli(shared_data: Path, tmp_path: Path):
     assert pred.shape == ref.shape and np.allclose(pred.affine, ref.affine)
     hd = next(r for r in json.loads((tmp_path / "r.json").read_text()) if r["metric"] == "hd95")
     assert hd["config"]["dims"] == 3
+
+
+def test_real_hippocampus_volumes(shared_data: Path, tmp_path: Path):
+    """MSD hippocampus (real MRI): label-map layout, 3D patches, sliding-window scoring in mm on val cases."""
+    from medvl.evaluate.segment import segment_eval
+
+    manifest = shared_data / "real" / "msd_hippocampus" / "manifest.csv"
+    if not manifest.is_file():
+        pytest.skip(f"needs {manifest}")
+    cfg = load_seg_config(None, [f"data.manifest={manifest}", "model.encoder=clip3d-tiny", "model.width=8",
+                                 "data.patch_size=[24,24,24]", "optim.max_steps=2", "optim.batch_size=2"],
+                          tmp_path / "run")
+    r = train_segmentation(cfg)
+    assert r.n_train_cases == 191 and len(r.losses) == 2
+    res = segment_eval(tmp_path / "run" / "last", manifest, "val", n_boot=20, max_cases=2,
+                       masks_out=tmp_path / "masks")
+    rec = {x.metric: x for x in res.records}
+    assert set(rec["dice"].per_class) == {"anterior", "posterior"} and rec["dice"].n == 2
+    assert len(list((tmp_path / "masks").glob("*.nii.gz"))) == 2
