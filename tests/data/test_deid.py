@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from medvl.cli.app import app
 from medvl.data.deid import (
+    DESCRIPTOR_TAGS,
     EMPTY_TAGS,
     HASH_TAGS,
     PSEUDONYM_TAGS,
@@ -28,6 +29,67 @@ from medvl.data.deid import (
     deidentify,
 )
 from medvl.errors import ConfigError
+
+#: DICOM PS3.15 Annex E, Table E.1-1: the Basic Application Level Confidentiality Profile action for a
+#: representative set of attributes, written here from the standard (not taken from the module under
+#: test). X remove; Z empty or a dummy value; D a dummy value; X/D, X/Z, X/Z/D any of those; U a new UID.
+BASIC_PROFILE = {
+    "PatientName": ("0010,0010", "Z"),
+    "PatientID": ("0010,0020", "Z"),
+    "PatientBirthDate": ("0010,0030", "Z"),
+    "PatientSex": ("0010,0040", "Z"),
+    "PatientAge": ("0010,1010", "X"),
+    "OtherPatientIDs": ("0010,1000", "X"),
+    "PatientAddress": ("0010,1040", "X"),
+    "PatientTelephoneNumbers": ("0010,2154", "X"),
+    "AdditionalPatientHistory": ("0010,21B0", "X"),
+    "AccessionNumber": ("0008,0050", "Z"),
+    "StudyID": ("0020,0010", "Z"),
+    "StudyDate": ("0008,0020", "Z"),
+    "SeriesDate": ("0008,0021", "X/D"),
+    "AcquisitionDateTime": ("0008,002A", "X/D"),
+    "InstitutionName": ("0008,0080", "X/Z/D"),
+    "ReferringPhysicianName": ("0008,0090", "Z"),
+    "StationName": ("0008,1010", "X/Z/D"),
+    "StudyDescription": ("0008,1030", "X"),
+    "SeriesDescription": ("0008,103E", "X"),
+    "PerformingPhysicianName": ("0008,1050", "X"),
+    "OperatorsName": ("0008,1070", "X/Z/D"),
+    "ProtocolName": ("0018,1030", "X/D"),
+    "ImageComments": ("0020,4000", "X"),
+    "StudyInstanceUID": ("0020,000D", "U"),
+    "SeriesInstanceUID": ("0020,000E", "U"),
+    "SOPInstanceUID": ("0008,0018", "U"),
+    "FrameOfReferenceUID": ("0020,0052", "U"),
+}
+#: The profile options medvl declares (PS3.15 E.3): what each changes for the attributes above.
+RETAIN_PATIENT_CHARACTERISTICS = {"PatientSex", "PatientAge"}  # K: kept
+MODIFIED_DATES = {"PatientBirthDate", "StudyDate", "SeriesDate", "AcquisitionDateTime"}  # C: shifted, kept present
+#: Descriptors the Basic Profile removes and ``--keep-descriptors`` keeps verbatim.
+PROFILE_DESCRIPTORS = {"StudyDescription", "SeriesDescription", "ProtocolName"}
+
+
+def assert_follows_basic_profile(original, cleaned, keep_descriptors: bool = False) -> None:
+    """Every attribute of :data:`BASIC_PROFILE` present in ``original`` got an action the profile (with the
+    declared options) allows in ``cleaned``."""
+    for keyword, (tag, action) in BASIC_PROFILE.items():
+        if keyword not in original:
+            continue
+        before = original[keyword].value
+        after = cleaned[keyword].value if keyword in cleaned else None
+        where = f"{keyword} ({tag}, profile {action})"
+        if keyword in RETAIN_PATIENT_CHARACTERISTICS or (keep_descriptors and keyword in PROFILE_DESCRIPTORS):
+            assert after == before, where
+        elif keyword in MODIFIED_DATES:
+            assert after and str(after) != str(before), where
+        elif action == "X":
+            assert keyword not in cleaned, where
+        elif action == "U":
+            assert after and str(after) != str(before) and len(str(after)) <= 64, where
+        elif action == "D":
+            assert after and str(after) != str(before), where
+        else:  # Z, X/D, X/Z, X/Z/D: removed, emptied or a dummy value -- never the original
+            assert after is None or str(after) != str(before), where
 
 SALT = "test-salt-1"
 PHI = {  # PHI written into every synthetic file (plus the per-patient name/ID)
@@ -68,6 +130,8 @@ def write_case(path: Path, patient: str, *, study: str, sop: str, study_date: st
     ds.StudyDate, ds.SeriesDate, ds.StudyTime = study_date, study_date, "101500"
     ds.AcquisitionDateTime = study_date + "101733.123456"
     ds.StudyDescription, ds.Modality = "CT CHEST W/O CONTRAST", "CT"
+    ds.SeriesDescription = "AX 5MM - follow-up for Simpson"  # free text that names the patient
+    ds.ProtocolName = "CHEST ROUTINE (Dr Hibbert)"
     for keyword, value in PHI.items():
         setattr(ds, keyword, value)
     observer = Dataset()
@@ -126,18 +190,20 @@ def test_deid_folder_end_to_end(case_folder, tmp_path):
 
     a1, a2, b1 = (pydicom.dcmread(out / p) for p in ("homer/a1.dcm", "homer/a2.dcm", "ned/b1.dcm"))
     o1, o2 = (pydicom.dcmread(case_folder / p) for p in ("homer/a1.dcm", "homer/a2.dcm"))
-    for ds in (a1, a2, b1):
-        for keyword in REMOVE_TAGS:
-            assert keyword not in ds, keyword
+    originals = {"homer/a1.dcm": o1, "homer/a2.dcm": o2, "ned/b1.dcm": pydicom.dcmread(case_folder / "ned/b1.dcm")}
+    for (name, original), ds in zip(originals.items(), (a1, a2, b1), strict=True):
+        assert_follows_basic_profile(original, ds)
+        for keyword in PHI:
+            assert keyword not in ds or ds[keyword].value != original[keyword].value, (name, keyword)
         assert "SourceApplicationEntityTitle" not in ds.file_meta
         assert ds.ReferringPhysicianName == "" and ds.ContentSequence[0].PersonName == ""
         assert not any(elem.tag.is_private for elem in ds.iterall())
         assert ds.PatientIdentityRemoved == "YES" and ds.DeidentificationMethod
         assert ds.PatientName == ds.PatientID and str(ds.PatientID).startswith("ANON-")
-        assert ds.OtherPatientIDs.startswith("ANON-") and ds.AccessionNumber not in ("", o1.AccessionNumber)
+        assert "OtherPatientIDs" not in ds and ds.AccessionNumber not in ("", o1.AccessionNumber)
         assert ds.SOPClassUID == CTImageStorage  # class UIDs kept
         assert ds.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-        assert ds.StudyDescription == "CT CHEST W/O CONTRAST" and ds.PatientSex == "M"
+        assert "StudyDescription" not in ds and "SeriesDescription" not in ds and ds.PatientSex == "M"
         assert ds.StudyTime == "101500"  # times kept
     # same patient: same pseudonym, same date shift, intervals kept; other patient differs
     assert a1.PatientID == a2.PatientID != b1.PatientID
@@ -234,8 +300,28 @@ def test_date_shift_helpers():
 def test_tag_tables_are_real_keywords():
     from pydicom.datadict import tag_for_keyword
 
-    for keyword in REMOVE_TAGS + HASH_TAGS + PSEUDONYM_TAGS + EMPTY_TAGS:
+    for keyword in REMOVE_TAGS + HASH_TAGS + PSEUDONYM_TAGS + EMPTY_TAGS + DESCRIPTOR_TAGS:
         assert tag_for_keyword(keyword) is not None, keyword
+    for keyword, (tag, _) in BASIC_PROFILE.items():  # the table in this test names real attributes
+        group, element = (int(x, 16) for x in tag.split(","))
+        assert tag_for_keyword(keyword) == (group << 16) | element, keyword
+
+
+def test_keep_descriptors_is_an_explicit_option(case_folder, tmp_path):
+    """Descriptors are removed by default; --keep-descriptors keeps them verbatim and says so."""
+    out = tmp_path / "kept"
+    result = deidentify(case_folder / "homer", out, salt=SALT, keep_descriptors=True)
+    original = pydicom.dcmread(case_folder / "homer" / "a1.dcm")
+    kept = pydicom.dcmread(out / "a1.dcm")
+    assert_follows_basic_profile(original, kept, keep_descriptors=True)
+    assert kept.StudyDescription == "CT CHEST W/O CONTRAST" and kept.ProtocolName == original.ProtocolName
+    assert any("kept unchanged" in m for m in kept.DeidentificationMethod)
+    actions = {c["keyword"]: c["action"] for c in result.files[0].changes}
+    assert actions["SeriesDescription"].startswith("kept") and result.to_dict()["keep_descriptors"] is True
+    res = CliRunner().invoke(app, ["data", "deid", str(case_folder / "homer"), str(tmp_path / "cli"), "--salt", SALT,
+                                   "--keep-descriptors"])
+    assert res.exit_code == 0 and "review" in res.output, res.output
+    assert pydicom.dcmread(tmp_path / "cli" / "a1.dcm").SeriesDescription == original.SeriesDescription
 
 
 def test_refuses_unsafe_layouts_and_missing_input(case_folder, tmp_path):

@@ -47,12 +47,16 @@ def deid(
              "the same pseudonyms in later runs; without it a random salt is used for this run only."),
     report: Path | None = typer.Option(None, help="JSON report path (default OUT/deid_report.json)."),
     max_shown: int = typer.Option(20, help="Failed files listed on screen (all go to the report)."),
+    keep_descriptors: bool = typer.Option(
+        False, "--keep-descriptors",
+        help="Keep StudyDescription, SeriesDescription, ProtocolName and procedure descriptions verbatim (the "
+             "Basic Profile removes them; they are not cleaned: review them for PHI before sharing)."),
 ) -> None:
-    """Write de-identified copies of DICOM files (PS3.15 Basic Profile, common tags). Exits 1 if
-    any file failed (not DICOM, corrupt, unwritable)."""
+    """Write de-identified copies of DICOM files (PS3.15 Basic Profile, common tags; descriptors removed
+    unless --keep-descriptors). Exits 1 if any file failed (not DICOM, corrupt, unwritable)."""
     from medvl.data.deid import deidentify
 
-    result = deidentify(src, out, salt=salt, report_path=report)
+    result = deidentify(src, out, salt=salt, report_path=report, keep_descriptors=keep_descriptors)
     table = Table(title=f"de-identification {src} -> {out}")
     table.add_column("files", justify="right")
     table.add_column("written", justify="right")
@@ -70,6 +74,9 @@ def deid(
         console.print(f"[yellow]warning[/] {f.input}: {'; '.join(f.warnings)}", highlight=False, soft_wrap=True)
     if result.skipped_hidden:
         console.print(f"skipped {len(result.skipped_hidden)} hidden file(s)")
+    if keep_descriptors:
+        console.print("[yellow]--keep-descriptors: study/series/protocol descriptions were kept verbatim; review "
+                      "them for names, dates and history before sharing[/]")
     if not result.salt_provided:
         console.print("[yellow]no --salt given: a random salt was used, pseudonyms will differ in other runs[/]")
     console.print(f"report written to {result.report_path}")

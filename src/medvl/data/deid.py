@@ -8,8 +8,9 @@ profile -- review the output before sharing data outside your institution):
   ``ANON-<10 hex>`` = HMAC-SHA256(salt, PatientID). The same patient gets the same pseudonym in
   every file and every run with the same salt, so patient-level splits still work; without the
   salt the pseudonym cannot be reversed by hashing candidate IDs.
-* **Other identifiers** (:data:`HASH_TAGS`: OtherPatientIDs, AccessionNumber, StudyID...) are
-  replaced by a salted hash *of their own value*, keeping study-level linkage.
+* **Other identifiers** (:data:`HASH_TAGS`: AccessionNumber, StudyID; profile action Z, which
+  allows a dummy value) are replaced by a salted hash *of their own value*, keeping study-level
+  linkage. OtherPatientIDs (action X) is removed.
 * **Dates** (every DA and DT element, PatientBirthDate included, in nested sequences too) are
   shifted by a per-patient offset of -365...-3650 days derived from the salted hash
   ("Retain Longitudinal Temporal Information with Modified Dates" option): intervals between a
@@ -18,10 +19,16 @@ profile -- review the output before sharing data outside your institution):
   station, devices serial numbers, physicians/operators, comments and patient history.
 * **Emptied**: every other Person Name (PN) element anywhere (catches physicians and observers in
   sequences); emptied rather than removed because many are Type 2 (must be present).
+* **Descriptors** (:data:`DESCRIPTOR_TAGS`: StudyDescription, SeriesDescription, ProtocolName and
+  the procedure-step descriptions; profile action X, or X/D) are removed by default, as the Basic
+  Profile asks: free text is where names, dates and history leak. ``keep_descriptors=True``
+  (``medvl data deid --keep-descriptors``) keeps them **unchanged** because they are often needed
+  to select data (e.g. "CT CHEST W/O CONTRAST"); this is *not* the profile's "Clean Descriptors"
+  option (which rewrites them free of identifying text): the report marks each kept descriptor
+  "kept (review)" and DeidentificationMethod says so -- review them before sharing.
 * **Kept** on purpose: PatientSex, PatientAge, PatientSize, PatientWeight ("Retain Patient
-  Characteristics" option, needed for fairness analyses), StudyDescription, SeriesDescription,
-  ProtocolName, BodyPartExamined (used to select data; **free text may still contain PHI -- review
-  them**), equipment Manufacturer/Model, all acquisition parameters.
+  Characteristics" option, needed for fairness analyses), BodyPartExamined, equipment
+  Manufacturer/Model, all acquisition parameters.
 * **Private tags**: all removed (vendors hide names and IDs there).
 * **UIDs**: every UI value that is not a DICOM-defined UID (``1.2.840.10008.*``) and not a class
   UID is replaced by a deterministic hash-derived UID (pydicom ``generate_uid`` with the salt as
@@ -32,7 +39,7 @@ profile -- review the output before sharing data outside your institution):
 
 Not done (known limits): pixel data is copied unchanged, so text burned into the pixels stays
 (files with BurnedInAnnotation = YES are flagged in the report); file and folder names are
-mirrored as they are; free-text descriptions listed above are kept; overlays are kept.
+mirrored as they are; descriptors are kept verbatim under ``keep_descriptors``; overlays are kept.
 
 The JSON report lists per file which tag got which action -- never an original value, nor the
 salt or the date offset, because the report travels with the de-identified data.
@@ -57,11 +64,11 @@ from medvl.errors import ConfigError, ImageReadError
 #: Replaced by the patient pseudonym.
 PSEUDONYM_TAGS = ("PatientName", "PatientID")
 #: Replaced by a salted hash of their own value (empty values stay empty).
-HASH_TAGS = ("OtherPatientIDs", "AccessionNumber", "StudyID")
+HASH_TAGS = ("AccessionNumber", "StudyID")
 #: Removed outright (Basic Profile action X for these attributes).
 REMOVE_TAGS = (
     # patient
-    "OtherPatientNames", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientBirthName",
+    "OtherPatientIDs", "OtherPatientNames", "OtherPatientIDsSequence", "IssuerOfPatientID", "PatientBirthName",
     "PatientMotherBirthName", "PatientBirthTime", "PatientAddress", "PatientTelephoneNumbers",
     "PatientTelecomInformation", "CountryOfResidence", "RegionOfResidence", "MilitaryRank",
     "BranchOfService", "MedicalRecordLocator", "PatientReligiousPreference", "EthnicGroup", "Occupation",
@@ -83,6 +90,11 @@ REMOVE_TAGS = (
     # network identities of the sending site (file meta)
     "SourceApplicationEntityTitle", "SendingApplicationEntityTitle", "ReceivingApplicationEntityTitle",
 )
+#: Free-text descriptors the Basic Profile removes (X, X/D, X/Z); kept verbatim only with ``keep_descriptors``.
+DESCRIPTOR_TAGS = (
+    "StudyDescription", "SeriesDescription", "ProtocolName", "RequestedProcedureDescription",
+    "PerformedProcedureStepDescription", "ScheduledProcedureStepDescription", "AcquisitionDeviceProcessingDescription",
+)
 #: Emptied (kept present because they are Type 2 in common IODs).
 EMPTY_TAGS = ("ReferringPhysicianName",)
 DATE_SHIFT_RANGE = (365, 3650)  # days into the past
@@ -94,6 +106,7 @@ METHOD = (
     "Retain Patient Characteristics",
     "Private tags removed; UIDs replaced",
 )
+KEPT_DESCRIPTORS_METHOD = "Descriptors kept unchanged (not cleaned; review)"
 
 
 @dataclass
@@ -118,6 +131,7 @@ class DeidResult:
     report_path: str
     salt_provided: bool
     files: list[FileResult] = field(default_factory=list)
+    keep_descriptors: bool = False
     skipped_hidden: list[str] = field(default_factory=list)
 
     @property
@@ -135,7 +149,7 @@ class DeidResult:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(n_files=len(self.files), n_ok=self.n_ok, n_failed=self.n_failed, n_patients=self.n_patients,
-                   method=list(METHOD))
+                   method=list(METHOD) + ([KEPT_DESCRIPTORS_METHOD] if self.keep_descriptors else []))
         return out
 
 
@@ -216,8 +230,9 @@ def _shift_dt(value: str, days: int) -> str | None:
 class _Cleaner:
     """Applies the rules to one dataset, recording ``(path, tag, action)`` for the report."""
 
-    def __init__(self, pseudo: Pseudonymizer, key: str):
+    def __init__(self, pseudo: Pseudonymizer, key: str, keep_descriptors: bool = False):
         self.pseudo = pseudo
+        self.keep_descriptors = keep_descriptors
         self.pseudonym = pseudo.pseudonym(key)
         self.offset = pseudo.date_offset(key)
         self.changes: list[dict[str, str]] = []
@@ -241,6 +256,11 @@ class _Cleaner:
         if keyword in REMOVE_TAGS:
             del ds[elem.tag]
             return "removed"
+        if keyword in DESCRIPTOR_TAGS:
+            if self.keep_descriptors:
+                return "kept (descriptor, --keep-descriptors: review for PHI)"
+            del ds[elem.tag]
+            return "removed"
         if keyword in PSEUDONYM_TAGS:
             elem.value = self.pseudonym
             return "replaced with patient pseudonym"
@@ -261,8 +281,7 @@ class _Cleaner:
         values = _as_list(elem.value)
         if not any(str(v).strip() for v in values):
             return ""
-        new = [self.pseudo.pseudonym(str(v)) if elem.keyword == "OtherPatientIDs" else self.pseudo.hashed(str(v))
-               for v in values]
+        new = [self.pseudo.hashed(str(v)) for v in values]
         elem.value = new if len(new) > 1 else new[0]
         return "replaced with salted hash"
 
@@ -301,22 +320,25 @@ def _as_list(value: Any) -> list[Any]:
         return [value]
 
 
-def deidentify_dataset(ds, pseudo: Pseudonymizer) -> FileResult:
-    """De-identify a pydicom Dataset in place; return what changed (no original values)."""
+def deidentify_dataset(ds, pseudo: Pseudonymizer, keep_descriptors: bool = False) -> FileResult:
+    """De-identify a pydicom Dataset in place; return what changed (no original values).
+
+    ``keep_descriptors`` keeps :data:`DESCRIPTOR_TAGS` verbatim instead of removing them (see module doc).
+    """
     result = FileResult(input="")
     private = sum(1 for elem in ds.iterall() if elem.tag.is_private)
     ds.remove_private_tags()
     if private:
         result.changes.append({"tag": "(gggg,eeee) odd groups", "keyword": "private tags",
                                "action": f"removed ({private} elements)"})
-    cleaner = _Cleaner(pseudo, patient_key(ds))
+    cleaner = _Cleaner(pseudo, patient_key(ds), keep_descriptors)
     cleaner.clean(ds)
     if getattr(ds, "file_meta", None) is not None:
         cleaner.clean(ds.file_meta, "FileMeta.")
     if str(ds.get("BurnedInAnnotation", "")).upper() == "YES":
         result.warnings.append("BurnedInAnnotation=YES: text in the pixels is not removed")
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = list(METHOD)
+    ds.DeidentificationMethod = list(METHOD) + ([KEPT_DESCRIPTORS_METHOD] if keep_descriptors else [])
     ds.LongitudinalTemporalInformationModified = "MODIFIED"
     result.pseudonym = cleaner.pseudonym
     result.changes.extend(cleaner.changes)
@@ -360,12 +382,13 @@ def _write_atomic(ds, target: Path) -> None:
             os.unlink(tmp)
 
 
-def _process(source: Path, target: Path, pseudo: Pseudonymizer, label: str, out_label: str) -> FileResult:
+def _process(source: Path, target: Path, pseudo: Pseudonymizer, label: str, out_label: str,
+             keep_descriptors: bool = False) -> FileResult:
     try:
         ds = load_dicom_dataset(source)
     except ImageReadError as exc:
         return FileResult(input=label, status="failed", reason=exc.reason)
-    result = deidentify_dataset(ds, pseudo)
+    result = deidentify_dataset(ds, pseudo, keep_descriptors)
     result.input, result.output = label, out_label
     try:
         _write_atomic(ds, target)
@@ -375,14 +398,15 @@ def _process(source: Path, target: Path, pseudo: Pseudonymizer, label: str, out_
 
 
 def deidentify(src: str | Path, dst: str | Path, *, salt: str | None = None,
-               report_path: str | Path | None = None) -> DeidResult:
+               report_path: str | Path | None = None, keep_descriptors: bool = False) -> DeidResult:
     """Write de-identified copies of the DICOM file(s) under ``src`` into ``dst``; never touch inputs.
 
     ``src`` is a file or a folder (recursive; ``dst`` mirrors its structure). Files that are not
     DICOM or are corrupt are reported as failed with the reason and the rest is processed.
     ``salt=None`` draws a random salt: pseudonyms are then consistent within this run only
     (pass the same secret salt to get the same pseudonyms in later runs). The report goes to
-    ``report_path`` (default ``dst/deid_report.json``).
+    ``report_path`` (default ``dst/deid_report.json``). ``keep_descriptors`` keeps StudyDescription,
+    SeriesDescription, ProtocolName... verbatim (removed by default, as the Basic Profile asks).
     """
     src, dst = Path(src), Path(dst)
     pairs, hidden = _plan(src, dst)
@@ -391,11 +415,11 @@ def deidentify(src: str | Path, dst: str | Path, *, salt: str | None = None,
         raise ConfigError(f"report path {report} would overwrite an input file")
     pseudo = Pseudonymizer(salt if salt else secrets.token_hex(16))
     result = DeidResult(input=str(src), output=str(dst), report_path=str(report), salt_provided=bool(salt),
-                        skipped_hidden=hidden)
+                        skipped_hidden=hidden, keep_descriptors=keep_descriptors)
     base = src if src.is_dir() else src.parent
     for source, target in pairs:
         label = str(source.relative_to(base))
-        result.files.append(_process(source, target, pseudo, label, str(target.relative_to(dst))))
+        result.files.append(_process(source, target, pseudo, label, str(target.relative_to(dst)), keep_descriptors))
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
     return result
