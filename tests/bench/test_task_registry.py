@@ -84,6 +84,7 @@ def test_run_job_saves_results_or_returns_the_skip_reason(toy_tasks: list[TaskCo
     suite = suite_from_dict(_suite([{"type": "toy", "dataset": "d", "params": {"alpha": 2, "image_size": 224}},
                                     {"type": "toy", "dataset": "d", "params": {"alpha": "skip-me"}}]))
     job, skip_job = Job("m", suite.tasks[0], 4), Job("m", suite.tasks[1], 3)
+    (tmp_path / "x.csv").write_text("image,text,split,patient_id\na.png,a report,test,p1\n")
     out = tmp_path / "results" / "k.json"
     assert run_job(job, "timm:test_resnet", tmp_path / "x.csv", suite, out, {"image_size": 32}) is None
     (rec,) = load_records(out)
