@@ -25,6 +25,8 @@ def label_cmd(
     explain: bool = typer.Option(False, "--explain", help="Print the mention and cue that decided every label."),
     max_chars: int = typer.Option(20_000, "--max-chars", help="Longer texts are not labelled (reported)."),
     max_shown: int = typer.Option(20, "--max-shown", help="Problem rows printed (all are in the label_status column)."),
+    chexpert_blank: bool = typer.Option(False, "--chexpert-blank", help="Leave No Finding blank (CheXpert's CSV) "
+                                        "instead of 0 when another observation is positive."),
 ) -> None:
     """CheXpert-style labels (1 positive, 0 negative, -1 uncertain, blank not mentioned) for every report.
 
@@ -32,7 +34,7 @@ def label_cmd(
     from medvl.text.annotate import label_manifest
 
     s = label_manifest(manifest, out, card=card, section=section, classes=classes, explain=explain,
-                       max_chars=max_chars)
+                       max_chars=max_chars, no_finding_zero=not chexpert_blank)
     if explain:
         for row, lines in s.explanations:
             console.print(f"[bold]row {row}[/]", highlight=False)

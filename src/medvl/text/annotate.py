@@ -210,7 +210,7 @@ def _clean_text(text: str) -> str:
 
 def label_manifest(manifest: str | Path, out: str | Path, card: str | Path | None = None, section: str = "all",
                    classes: str = "auto", explain: bool = False, max_chars: int = MAX_CHARS,
-                   text_column: str = "text") -> LabelSummary:
+                   text_column: str = "text", no_finding_zero: bool = True) -> LabelSummary:
     """Label every row's report and write ``out`` (CSV/JSONL/Parquet) plus ``card.yaml`` beside it.
 
     ``classes``: "card" (the card's classes; a multilabel card is required), "chexpert" (the 14
@@ -218,6 +218,11 @@ def label_manifest(manifest: str | Path, out: str | Path, card: str | Path | Non
     "findings" or "impression" (absent sections fall back to the whole report, counted). An input
     ``labels`` column is renamed ``labels_source`` (the manifest reader would otherwise prefer it
     over the new columns); relative ``image``/``mask`` paths are rewritten relative to ``out``.
+
+    ``no_finding_zero``: CheXpert leaves No Finding blank when another observation is positive; the
+    manifest treats blank as unknown, so No Finding would never have a negative to train or evaluate
+    on. By default it is written 0 when another observation (support devices excepted) is *positive*
+    (it stays blank when they are only uncertain); ``False`` keeps CheXpert's blank.
     """
     from medvl.data.manifest import write_manifest
 
@@ -245,7 +250,9 @@ def label_manifest(manifest: str | Path, out: str | Path, card: str | Path | Non
         labels: dict[str, float | None] = {c: None for c in names}
         if problem is None:
             lab = labeler.label(text, section)
-            labels = lab.labels
+            labels = dict(lab.labels)
+            if no_finding_zero:
+                _no_finding_zero(labels, labeler)
             summary.section_missing += int(not lab.section_found)
             if explain:
                 summary.explanations.append((i, lab.explain()))
@@ -265,6 +272,15 @@ def label_manifest(manifest: str | Path, out: str | Path, card: str | Path | Non
     _write_card(ocard, summary.card_path)
     write_manifest(out_rows, out)
     return summary
+
+
+def _no_finding_zero(labels: dict[str, float | None], labeler: Any) -> None:
+    for r in labeler.rules:
+        if r.no_finding and labels[r.name] is None:
+            others = [labels[o.name] for o in labeler.rules if not o.no_finding
+                      and o.name.lower() != "support devices"]
+            if 1.0 in others:
+                labels[r.name] = 0.0
 
 
 _PATH_COLUMNS = ("image", "mask")
@@ -343,7 +359,7 @@ def report_stats(manifest: str | Path, top: int = 10, text_column: str = "text",
             headerless += 1
         for name in {s.name for s in secs}:
             cover[name] += 1
-        ss = split_sentences(text)
+        ss = [x for sec in secs for x in split_sentences(sec.text, sec.start)]  # headers are not sentences
         for s in ss:
             sent_counts[re.sub(r"\s+", " ", s.text.lower()).strip()] += 1
         toks = deid_tokens(text)

@@ -51,13 +51,14 @@ def _check(preds: Sequence[Any], refs: Sequence[Any]) -> None:
 
 # ----------------------------------------------------------------------------- BLEU
 def _refs_list(r: Any) -> list[list[str]]:
-    """One reference (str or tokens) or several (a list of str / token lists) -> list of token lists."""
+    """References of one sample -> token lists: a string is one reference, a list holds several
+    (strings, or token lists already tokenised)."""
     if isinstance(r, str):
         return [tokenize(r)]
-    r = list(r)
-    if r and not isinstance(r[0], str):
-        return [_tokens(x) for x in r]
-    return [list(r)]
+    out = [_tokens(x) for x in r]
+    if not out:
+        raise ValueError("a sample has an empty list of references")
+    return out
 
 
 def bleu_stats(pred: str | Sequence[str], refs: Any, n: int = 4) -> list[float]:
@@ -98,8 +99,8 @@ def bleu_from_stats(stats: Sequence[Sequence[float]], n: int = 4) -> list[float]
 def bleu(preds: Sequence[str], refs: Sequence[Any], n: int = 4) -> dict[str, Any]:
     """Corpus BLEU-1..n (``"bleu1"``..) plus ``"per_sample"`` (sentence BLEU-k lists) and ``"stats"``.
 
-    ``refs[i]`` is one reference string (or several, as a list). Strings are tokenised with
-    :func:`tokenize`; token lists are used as given.
+    ``refs[i]`` is one reference string or a list of references (strings, or token lists). Strings
+    are tokenised with :func:`tokenize`; a prediction given as a token list is used as is.
     """
     _check(preds, refs)
     stats = [bleu_stats(p, r, n) for p, r in zip(preds, refs, strict=True)]
