@@ -102,3 +102,12 @@ def test_subgroup_and_site_statistics_known_answers() -> None:
     assert sites[1].drop.value == pytest.approx(res.gap.value)
     tiny = prepare(np.array([0.2, 0.9, 0.4]), np.array([0, 1, 1]), "binary")
     assert "too small for a CI" in ci_blocker(tiny, None)
+
+
+def test_finetune_protocol_scores_every_corrupted_copy(toy: dict) -> None:
+    r = robustness_eval("timm:test_resnet", toy["manifest"], "finetune", corruptions=["contrast"], severities=[1, 5],
+                        n_boot=20, finetune_options={"epochs": 1}, encoder_kwargs={"in_chans": 1, "image_size": 28},
+                        extras=())
+    assert r.protocol == "finetune" and len(r.cells) == 2 and r.predictions.n == 32
+    assert r.config["head"]["epochs_run"] == 1 and r.in_site == "A"
+    assert r.calibration is not None and not r.calibration.notes  # temperature fitted on the val predictions

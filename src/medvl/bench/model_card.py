@@ -46,7 +46,7 @@ def slug(text: str) -> str:
 
 
 # ------------------------------------------------------------------ training data
-def data_summary(manifest_path: str | Path, model: str) -> dict[str, Any]:
+def data_summary(manifest_path: str | Path, model: str, split: str = "test") -> dict[str, Any]:
     """Manifest hash, rows per split, sites per split, modality, and the pretraining record of the model."""
     from medvl.data.manifest import load_manifest
     from medvl.evaluate.features import manifest_fingerprint
@@ -60,16 +60,16 @@ def data_summary(manifest_path: str | Path, model: str) -> dict[str, Any]:
     out: dict[str, Any] = {"manifest": str(m.path), "manifest_hash": manifest_fingerprint(m), "splits": splits,
                            "sites": sites, "patients": len({x.group_id for x in m.samples}),
                            "modality": getattr(m.card, "modality", "unknown"), "classes": list(m.classes)}
-    out.update(pretraining_record(model, m))
+    out.update(pretraining_record(model, m, split))
     return out
 
 
-def pretraining_record(model: str, eval_manifest: Any) -> dict[str, Any]:
+def pretraining_record(model: str, eval_manifest: Any, split: str = "test") -> dict[str, Any]:
     """What the checkpoint says about its pretraining data and its overlap with the evaluation manifest.
 
     The trainer writes ``train_config.yaml`` (with ``data.manifest``) beside each checkpoint;
-    overlap comes from :mod:`medvl.data.leakage` when that module is installed, else it is
-    reported as not recorded (never guessed).
+    overlap comes from the checkpoint's training-data record (:func:`medvl.data.leakage.model_leakage`:
+    identical image content and shared patient ids); without a record it is "not recorded", never guessed.
     """
     import yaml
 
@@ -92,16 +92,17 @@ def pretraining_record(model: str, eval_manifest: Any) -> dict[str, Any]:
                                       "evaluation splits are disjoint only if the manifest's splits are")
             break
     try:
-        from medvl.data import leakage  # noqa: F401  (another module; used when it lands)
-    except ImportError:
-        pass
+        from medvl.data.leakage import model_leakage
+    except ImportError:  # an older build without leakage records
+        return rec
+    info = model_leakage(model, eval_manifest, split, warn=False)
+    if info.get("checked"):
+        rec["overlap"] = (f"{info['images_seen']} of {info['of']} evaluated images (identical content) and "
+                          f"{info['patients_seen']} of {info['patients_of']} patients (ids; an upper bound) "
+                          f"of split {split!r} were in the pretraining data")
+        rec["leakage"] = info
     else:
-        finder = getattr(leakage, "overlap_summary", None)
-        if callable(finder):
-            try:
-                rec["overlap"] = str(finder(model, eval_manifest.path))
-            except Exception as exc:  # its errors are about its inputs; the card still renders
-                rec["overlap"] = f"not recorded ({exc})"
+        rec["overlap"] = f"not recorded ({info.get('reason', 'no record')})"
     if rec["pretraining_manifest"] is None:
         rec["pretraining_manifest"] = "not recorded (no train_config.yaml beside the checkpoint)"
     return rec
@@ -392,7 +393,7 @@ def write_model_card(report: Any, out_dir: str | Path, stem: str | None = None,
     name = "-".join(Path(report.model).parts[-2:]) if Path(report.model).exists() else report.model
     stem = stem or slug(f"{name}-{report.dataset}-{report.protocol}")
     if data is None and report.config.get("manifest"):
-        data = data_summary(report.config["manifest"], report.model)
+        data = data_summary(report.config["manifest"], report.config.get("model_spec", report.model), report.split)
     figs = _figures(report, out_dir, stem)
     blocks = card_blocks(report, data, figs)
     md, page, js = out_dir / f"{stem}.md", out_dir / f"{stem}.html", out_dir / f"{stem}.json"

@@ -421,6 +421,9 @@ def render_markdown(suite: Suite, table: dict, outcome: BenchOutcome, sections: 
                 lines += [f"| {c} | {_fmt(v)} [{_fmt(lo)}, {_fmt(hi)}] | {n} |" for c, v, lo, hi, n in per]
                 lines.append("")
     lines += _robustness_md(table)
+    cards = model_card_links(table)
+    if cards:
+        lines += ["## Model cards", ""] + [f"- [{m} — {t} on {d}]({href})" for t, d, m, href in cards] + [""]
     if outcome.failed:
         lines += ["## Failed jobs", ""] + [f"- {f['job']}: {f['reason']}" for f in outcome.failed] + [""]
     if outcome.skipped:
@@ -448,6 +451,19 @@ def robustness_rows(table: dict) -> list[tuple[str, str, str, float, float]]:
             if ind and shift:
                 rows.append((task, dataset, m, ind[0], float(np.mean(shift))))
     return rows
+
+
+def model_card_links(table: dict) -> list[tuple[str, str, str, str]]:
+    """(task, dataset, model, href) of every model card a task wrote (``config.model_card``, relative to the bench)."""
+    out: dict[str, tuple[str, str, str, str]] = {}
+    for (task, dataset, _split), models in table.items():
+        for m, runs in models.items():
+            for _, r in runs:
+                for rec in r.records:
+                    href = (rec.config or {}).get("model_card")
+                    if href:
+                        out.setdefault(href, (task, dataset, m, href))
+    return list(out.values())
 
 
 def _robustness_md(table: dict) -> list[str]:
@@ -554,6 +570,11 @@ def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dic
             parts.append(f"<tr><td>{esc(m)}</td><td>{esc(task)}</td><td>{_fmt(a)}</td><td>{_fmt(b)}</td>"
                          f"<td>{_fmt(a - b)}</td></tr>")
         parts.append("</tbody></table></div></section>")
+    cards = model_card_links(table)
+    if cards:
+        parts.append("<section id='model-cards'><h2>Model cards</h2><ul>" + "".join(
+            f"<li><a href='{esc(href)}'>{esc(m)} — {esc(t)} on {esc(d)}</a></li>" for t, d, m, href in cards)
+            + "</ul></section>")
     if outcome.failed or outcome.skipped:
         parts.append("<section id='problems'><h2>Failed and skipped jobs</h2><ul>")
         parts += [f"<li class='fail'>{esc(f['job'])}: {esc(f['reason'])}</li>" for f in outcome.failed]

@@ -28,7 +28,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,7 @@ class RobustnessReport:
     config: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    predictions: Any = field(default=None, repr=False)  # clean test Predictions (not in the JSON)
 
     def worst_cell(self) -> CorruptionCell | None:
         ok = [c for c in self.cells if not math.isnan(c.drop.value)]
@@ -125,7 +126,16 @@ class RobustnessReport:
     def to_dict(self) -> dict[str, Any]:
         from medvl.evaluate.results import _clean
 
-        d = {k: v for k, v in asdict(self).items() if k != "calibration"}
+        d: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in ("calibration", "predictions"):
+                continue
+            v = getattr(self, f.name)
+            if is_dataclass(v):
+                v = asdict(v)
+            elif isinstance(v, list):
+                v = [asdict(x) if is_dataclass(x) else x for x in v]
+            d[f.name] = v
         d["calibration"] = self.calibration.to_dict() if self.calibration is not None else None
         return _clean(d)
 
@@ -303,17 +313,21 @@ def _feature_scorer(protocol: str, inputs: Any, feats: dict[str, Any], split: st
 
 def _finetune_scorer(inputs: Any, split: str, cells: list[tuple[str, int]], seed: int, device: str,
                      finetune_options: dict[str, Any], train_rows: set[int] | None = None) -> _Scored:
-    """Fine-tune once; score val, clean test and every corrupted test copy in the same prediction pass."""
+    """Fine-tune once; score val, clean test and every corrupted test copy in the same prediction pass.
+
+    ``finetune_options``: the fine-tuning protocol's overrides plus ``spec``/``encoder_kwargs`` (how to
+    rebuild a fresh encoder: each fine-tuning run starts from the pretrained weights).
+    """
     from medvl.evaluate.features import preprocessing_of
     from medvl.evaluate.finetune import SplitTensors, load_split, protocol_config, train_one
     from medvl.models.encoder import load_encoder
 
     opts = dict(finetune_options)
+    spec, kwargs = str(opts.pop("spec")), dict(opts.pop("encoder_kwargs", None) or {})
     cfg = protocol_config(opts.pop("protocol", "default"), **opts)
-    spec = inputs.model_name
 
     def make_encoder() -> Any:
-        return load_encoder(spec, device="cpu")
+        return load_encoder(spec, device="cpu", **kwargs)
 
     pre = preprocessing_of(inputs.encoder)
     train = load_split(inputs.manifest, "train", pre)
@@ -473,7 +487,8 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
                     in_site: str | None = None, site_shift: bool = True, n_boot: int = 1000, seed: int = 0,
                     device: str = "cpu", batch_size: int = 128, cache_dir: str | Path | None = None,
                     finetune_options: dict[str, Any] | None = None, model_name: str | None = None,
-                    extras: Sequence[str] = ("prompts", "confusable")) -> RobustnessReport:
+                    extras: Sequence[str] = ("prompts", "confusable"),
+                    encoder_kwargs: dict[str, Any] | None = None) -> RobustnessReport:
     """Run every robustness check on one model (see the module doc); plain arguments, plain result."""
     from medvl.evaluate.features import load_eval_inputs, preprocessing_of, split_features
 
@@ -483,7 +498,7 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
         raise ConfigError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
-    inputs = load_eval_inputs(model, data, device)
+    inputs = load_eval_inputs(model, data, device, encoder_kwargs)
     if model_name:
         inputs.model_name = model_name
     manifest, task = inputs.manifest, inputs.task
@@ -495,12 +510,13 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
     modality = split_modality(manifest, split)
     cells, skipped = select_cells(corruptions, severities, modality, spatial_dims)
     cache = Path(cache_dir) if cache_dir is not None else None
+    finetune_options = {**(finetune_options or {}), "spec": str(model), "encoder_kwargs": encoder_kwargs}
     seconds["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     feats: dict[str, Any] = {}
     if protocol == "finetune":
-        scored = _finetune_scorer(inputs, split, cells, seed, device, finetune_options or {})
+        scored = _finetune_scorer(inputs, split, cells, seed, device, finetune_options)
         test_ids, test_rows, test_groups_raw, y_test = x01.ids, x01.rows, x01.patient_ids, None
     else:
         feats = split_features(inputs, ["train", "val", split], cache, batch_size)
@@ -534,7 +550,11 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
         label_task=task, modality=modality, n=clean.n, n_groups=boot.res.n_groups, clean=clean_iv,
         cells=cell_results, skipped=skipped, mean_relative_drop=mean_rel,
         config={"n_boot": n_boot, "seed": seed, "severities": list(severities), "preprocess": pre,
-                "head": scored.config, "manifest": str(manifest.path)})
+                "head": scored.config, "manifest": str(manifest.path), "model_spec": str(model)})
+    from medvl.evaluate.results import Predictions
+
+    report.predictions = Predictions(ids=test_ids, scores=scored.test, labels=y_test, label_task=task,
+                                     classes=list(inputs.classes), patient_ids=test_groups_raw, rows=test_rows)
 
     # site shift
     t = time.perf_counter()
@@ -553,7 +573,7 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
             raise ConfigError(f"--in-site {chosen!r} is not a site of split {split!r}; sites: {', '.join(distinct)}")
         report.in_site = chosen
         site_scores = _site_scores(protocol, inputs, feats, split, x01, cache, seed, device, batch_size,
-                                   chosen, scored, finetune_options or {})
+                                   chosen, scored, finetune_options)
         sp = prepare(site_scores, y_test, task, inputs.classes)
         report.sites = site_results(sp, sites, chosen, metric, groups, n_boot, seed)
         report.site_note = (f"{protocol} trained on site {chosen!r} only" if protocol != "zeroshot"
