@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))  # tiny_lm, shared with benchmarks/generation_speed.py
 
 from medvl.data.synthetic import generate_phantoms
 

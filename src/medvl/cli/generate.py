@@ -152,3 +152,36 @@ def eval_report_gen(
         comps = {name: c.to_dict() for name, c in res.comparisons.items()}
         out.with_name(f"{out.stem}.compare.json").write_text(json.dumps(comps, indent=1))
         console.print(f"results: {path}; paired tests: {out.stem}.compare.json; reports: {pred_dir}/")
+
+
+llava_app = typer.Typer(help="LLaVA-style adapter: medvl encoder + projector + a local causal LM.",
+                        no_args_is_help=True)
+app.add_typer(llava_app, name="llava")
+
+
+@llava_app.command("train")
+def llava_train(
+    encoder: str = typer.Option(..., "--encoder", help="Image encoder: medvl checkpoint, biomedclip, timm:..."),
+    lm: str = typer.Option(..., "--lm", help="Causal LM folder: hf-lm:<dir> (config, weights and tokenizer)."),
+    data: Path = typer.Option(..., "--data", help="Manifest of image-report pairs, or a VQA manifest."),
+    out: Path = typer.Option(..., "--out", help="Output directory (llava.yaml, projector, lora/)."),
+    stage: int = typer.Option(1, "--stage", help="1: projector only; 2: projector + LoRA on the LM."),
+    init: Path | None = typer.Option(None, "--init", help="Adapter directory to continue from (stage 2 after 1)."),
+    projector: str = typer.Option("mlp", "--projector", help="linear or mlp (2 layers, GELU)."),
+    steps: int = typer.Option(100, "--steps", help="Optimizer steps."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per step."),
+    split: str = typer.Option("train", "--split", help="Manifest split to train on."),
+    lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank (stage 2)."),
+    seed: int = typer.Option(0, "--seed", help="Data order seed."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+) -> None:
+    """Train one stage of the adapter; run stage 1, then stage 2 with --init <stage-1 dir>."""
+    from medvl.models.llava import build_llava, load_llava, train_llava
+
+    model = load_llava(init, device=device) if init is not None else \
+        build_llava(encoder, lm, projector=projector, device=device, lora_r=lora_r)
+    res = train_llava(model, data, out, stage=stage, steps=steps, lr=lr, batch_size=batch_size, split=split,
+                      seed=seed, log=lambda m: typer.echo(m, err=True))
+    typer.echo(f"stage {stage}: {len(res.losses)} steps, loss {res.losses[0]:.4f} -> {res.losses[-1]:.4f}, "
+               f"{res.trainable} trainable parameters, {res.seconds:.1f}s; adapter: {res.out_dir}")

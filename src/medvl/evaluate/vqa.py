@@ -345,6 +345,24 @@ def answer_with_captioner(captioner: Any, manifest: Manifest, items: list[VQAIte
     return out
 
 
+def answer_with_llava(model: Any, manifest: Manifest, items: list[VQAItem], cfg: Any = None,
+                      batch_size: int = 16) -> dict[str, str]:
+    """Generative answers of a LLaVA-style adapter: the question is the instruction."""
+    from medvl.generate.decoding import DecodeConfig
+    from medvl.generate.reports import image_batches
+
+    cfg = cfg or DecodeConfig(max_new_tokens=8)
+    by_row = {s.row: s for s in manifest.samples}
+    out: dict[str, str] = {}
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        samples = [by_row[it.row] for it in chunk]
+        for _, images in image_batches(manifest, samples, model.image_size, model.in_chans, len(chunk)):
+            gens = model.generate(images, cfg, instructions=[it.question for it in chunk])
+            out.update({it.id: model.decode_tokens(g.tokens) for it, g in zip(chunk, gens, strict=True)})
+    return out
+
+
 def run_vqa_eval(data: str | Path, *, model: str | None = None, answers: str | Path | None = None,
                  split: str | None = "test", mode: str = "auto", n_boot: int = 1000, seed: int = 0,
                  device: str = "cpu", answer_type: str | None = None) -> Any:
@@ -366,7 +384,11 @@ def run_vqa_eval(data: str | Path, *, model: str | None = None, answers: str | P
         name = str(model)
         if mode not in ("auto", "rank", "generate"):
             raise ConfigError(f"--mode must be auto, rank or generate, got {mode!r}")
-        if mode == "generate":
+        from medvl.models.llava import is_llava_dir, load_llava
+
+        if is_llava_dir(model):  # an adapter only answers generatively
+            got, config["mode"] = answer_with_llava(load_llava(model, device=device), manifest, items), "generate"
+        elif mode == "generate":
             from medvl.generate.captioner import load_captioner
 
             got = answer_with_captioner(load_captioner(model, device=device), manifest, items)

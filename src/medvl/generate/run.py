@@ -32,6 +32,10 @@ def run_system(system: str, model: str | Path, *, data: str | Path | None = None
     query = single_image_manifest(image) if image is not None else load_manifest(data)  # type: ignore[arg-type]
     split = "test" if image is not None else split
     if system == "model":
+        from medvl.models.llava import is_llava_dir, load_llava
+
+        if is_llava_dir(model):  # a LLaVA-style adapter directory (medvl llava train)
+            return generate_reports(load_llava(model, device=device), query, split, cfg, batch_size)
         from medvl.generate.captioner import load_captioner
 
         return generate_reports(load_captioner(model, device=device), query, split, cfg, batch_size)

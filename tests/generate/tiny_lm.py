@@ -1,0 +1,28 @@
+"""A tiny randomly initialised GPT-2 (2 layers, width 64) with a byte-level BPE tokenizer trained
+on the given texts, saved as a Hugging Face folder: what ``hf-lm:<dir>`` points at in tests and in
+benchmarks/generation_speed.py. Nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def make_tiny_lm(folder: Path, texts: list[str], vocab_size: int = 400, seed: int = 0,
+                 with_tokenizer: bool = True) -> Path:
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, special_tokens=["<|endoftext|>"],
+                            show_progress=False)
+    tok = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                            unk_token="<|endoftext|>")
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=2, n_head=2,
+                     bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(str(folder))
+    if with_tokenizer:
+        tok.save_pretrained(str(folder))
+    return folder
