@@ -8,7 +8,8 @@ showing a malignant lesion") and each sample gets one caption chosen determinist
 
 Facts in :data:`SUBSETS` (class names in the official label order, official split sizes, MD5
 checksums, licences) are copied from MedMNIST's ``INFO`` table (medmnist 3.0.2, Zenodo record
-10519652). The descriptions, synonyms and templates are ours.
+10519652) into the data file ``medmnist_subsets.yaml`` beside this module. The descriptions,
+synonyms and templates are ours (the same file says which is which).
 
 MedMNIST has no patient identifiers, so ``patient_id`` is ``{split}_{i}``: every image is its own
 group. Statistics that assume patient-level independence are therefore optimistic on MedMNIST
@@ -22,12 +23,12 @@ import shutil
 import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from medvl.data.card import ClassInfo, DatasetCard
 from medvl.data.manifest import write_manifest
@@ -103,298 +104,41 @@ class Subset:
         return [f"{a_img} showing no {{label}}", f"no {{label}} on {a_img}"]
 
 
-def _c(name: str, synonyms: Sequence[str], descriptions: Sequence[str] = ()) -> ClassText:
-    return ClassText(name, tuple(synonyms), tuple(descriptions))
+SUBSETS_FILE = Path(__file__).with_name("medmnist_subsets.yaml")  # shipped as package data (pyproject)
 
 
-def _n(train: int, val: int, test: int) -> dict[str, int]:
-    return {"train": train, "val": val, "test": test}
+def _class_text(name: str, entry: dict[str, Any]) -> ClassText:
+    return ClassText(name, tuple(entry["synonyms"]), tuple(entry.get("descriptions", ())))
 
 
-def _md5(*values: str) -> dict[int, str]:
-    return dict(zip((28, 64, 128, 224), values, strict=False))
+def load_subsets(path: str | Path = SUBSETS_FILE) -> dict[str, Subset]:
+    """The subset table from its YAML file (facts from MedMNIST's ``INFO``, caption text ours).
+
+    The facts live in a data file rather than in code so that a new subset or a corrected checksum
+    is a data edit that a reviewer can read against MedMNIST's table line by line.
+    """
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    organs = {k: _class_text(k, v) for k, v in data.get("organ_classes", {}).items()}
+    out: dict[str, Subset] = {}
+    for name, e in data["subsets"].items():
+        where = f"{path}: subsets.{name}"
+        try:
+            if "organ_classes" in e:
+                classes = tuple(organs[k] for k in e["organ_classes"])
+            else:
+                classes = tuple(_class_text(c["name"], c) for c in e["classes"])
+            out[name] = Subset(
+                name, e["python_class"], e["modality"], e["image_phrase"], e["article"], e["task"], classes,
+                int(e["n_channels"]), {k: int(v) for k, v in e["n_samples"].items()},
+                {int(k): str(v) for k, v in e["md5"].items()}, license=e.get("license", "CC BY 4.0"),
+                source=e.get("source", ""), ordinal=bool(e.get("ordinal", False)), is_3d=bool(e.get("is_3d", False)),
+                normal_captions=tuple(e.get("normal_captions", ())))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where}: malformed entry ({type(exc).__name__}: {exc})") from exc
+    return out
 
 
-_ORGAN_TEXT = {
-    "bladder": _c("bladder", ["the urinary bladder", "the bladder"], ["a fluid-filled organ in the pelvis"]),
-    "femur-left": _c("femur-left", ["the left femur", "the left thigh bone"], ["the proximal left femur"]),
-    "femur-right": _c("femur-right", ["the right femur", "the right thigh bone"], ["the proximal right femur"]),
-    "heart": _c("heart", ["the heart"], ["the cardiac chambers"]),
-    "kidney-left": _c("kidney-left", ["the left kidney"], ["a bean-shaped organ in the left retroperitoneum"]),
-    "kidney-right": _c("kidney-right", ["the right kidney"],
-                       ["a bean-shaped organ in the right retroperitoneum"]),
-    "liver": _c("liver", ["the liver"], ["a large homogeneous organ in the right upper abdomen"]),
-    "lung-left": _c("lung-left", ["the left lung"], ["air-filled lung tissue on the left side"]),
-    "lung-right": _c("lung-right", ["the right lung"], ["air-filled lung tissue on the right side"]),
-    "pancreas": _c("pancreas", ["the pancreas"], ["a lobulated gland behind the stomach"]),
-    "spleen": _c("spleen", ["the spleen"], ["a crescent-shaped organ in the left upper abdomen"]),
-}
-_ORGAN_2D_ORDER = ("bladder", "femur-left", "femur-right", "heart", "kidney-left", "kidney-right", "liver",
-                   "lung-left", "lung-right", "pancreas", "spleen")
-_ORGAN_3D_ORDER = ("liver", "kidney-right", "kidney-left", "femur-right", "femur-left", "bladder", "heart",
-                   "lung-right", "lung-left", "spleen", "pancreas")
-_ORGAN_SRC = "LiTS abdominal CT (Bilic et al.) with organ boxes from Xu et al."
-
-
-def _organ_2d(name: str, cls: str, plane: str, article: str, n: dict[str, int], md5: dict[int, str]) -> Subset:
-    return Subset(name, cls, "ct", f"{plane} abdominal CT slice", article, "multiclass",
-                  tuple(_ORGAN_TEXT[k] for k in _ORGAN_2D_ORDER), 1, n, md5, source=_ORGAN_SRC)
-
-
-_SUBSET_LIST: list[Subset] = [
-    Subset(
-        "pathmnist", "PathMNIST", "pathology", "H&E-stained colorectal histology patch", "an", "multiclass",
-        (
-            _c("adipose", ["adipose tissue", "fat tissue"], ["large empty-looking fat cells with thin membranes"]),
-            _c("background", ["slide background", "an empty area of the slide"], ["no tissue on the glass"]),
-            _c("debris", ["debris", "necrotic debris"], ["fragmented necrotic material"]),
-            _c("lymphocytes", ["lymphocytes", "a lymphocytic infiltrate"],
-               ["densely packed small round cells with dark nuclei"]),
-            _c("mucus", ["mucus", "extracellular mucin"], ["pale bluish amorphous mucinous material"]),
-            _c("smooth muscle", ["smooth muscle", "muscularis propria"],
-               ["bundles of elongated pink spindle cells"]),
-            _c("normal colon mucosa", ["normal colon mucosa", "normal colonic glands"],
-               ["regular crypts lined by goblet cells"]),
-            _c("cancer-associated stroma", ["cancer-associated stroma", "tumour stroma"],
-               ["desmoplastic fibrous stroma around a tumour"]),
-            _c("colorectal adenocarcinoma epithelium", ["colorectal adenocarcinoma epithelium", "tumour epithelium"],
-               ["irregular crowded malignant glands with atypical nuclei"]),
-        ),
-        3, _n(89996, 10004, 7180),
-        _md5("a8b06965200029087d5bd730944a56c1", "55aa9c1e0525abe5a6b9d8343a507616",
-             "ac42d08fb904d92c244187169d1fd1d9", "2c51a510bcdc9cf8ddb2af93af1eadec"),
-        source="NCT-CRC-HE-100K / CRC-VAL-HE-7K (Kather et al.)",
-    ),
-    Subset(
-        "chestmnist", "ChestMNIST", "x-ray", "chest X-ray", "a", "multilabel",
-        (
-            _c("atelectasis", ["atelectasis", "partial lung collapse"], ["volume loss with increased lung opacity"]),
-            _c("cardiomegaly", ["cardiomegaly", "an enlarged heart"], ["a cardiothoracic ratio above one half"]),
-            _c("effusion", ["pleural effusion", "fluid in the pleural space"],
-               ["blunting of the costophrenic angle"]),
-            _c("infiltration", ["infiltration", "pulmonary infiltrates"],
-               ["ill-defined opacities in the lung parenchyma"]),
-            _c("mass", ["a lung mass", "a pulmonary mass"], ["a focal opacity larger than three centimetres"]),
-            _c("nodule", ["a lung nodule", "a pulmonary nodule"], ["a small round opacity under three centimetres"]),
-            _c("pneumonia", ["pneumonia", "a lung infection"], ["airspace opacity due to infection"]),
-            _c("pneumothorax", ["pneumothorax", "air in the pleural space"],
-               ["a visible pleural line without lung markings beyond it"]),
-            _c("consolidation", ["consolidation", "airspace consolidation"], ["dense opacity with air bronchograms"]),
-            _c("edema", ["pulmonary edema", "fluid overload in the lungs"],
-               ["perihilar haziness and interstitial lines"]),
-            _c("emphysema", ["emphysema", "hyperinflated lungs"], ["hyperlucent lungs with flattened diaphragms"]),
-            _c("fibrosis", ["pulmonary fibrosis", "lung fibrosis"], ["reticular opacities with volume loss"]),
-            _c("pleural", ["pleural thickening", "thickened pleura"], ["thickening of the pleural lining"]),
-            _c("hernia", ["a hiatal hernia", "a hernia"], ["a retrocardiac air-fluid level"]),
-        ),
-        1, _n(78468, 11219, 22433),
-        _md5("02c8a6516a18b556561a56cbdd36c4a8", "9de6cd0b934ebb5b7426cfba5efbae16",
-             "db107e5590b27930b62dbaf558aebee3", "45bd33e6f06c3e8cdb481c74a89152aa"),
-        source="NIH ChestX-ray14 (Wang et al.)",
-        normal_captions=("a chest X-ray with no finding", "a chest X-ray showing no finding",
-                         "no finding on a chest X-ray", "a normal chest X-ray"),
-    ),
-    Subset(
-        "dermamnist", "DermaMNIST", "dermoscopy", "dermoscopy image", "a", "multiclass",
-        (
-            _c("actinic keratoses and intraepithelial carcinoma",
-               ["actinic keratosis", "intraepithelial carcinoma", "Bowen's disease"],
-               ["a scaly pink lesion on sun-damaged skin"]),
-            _c("basal cell carcinoma", ["basal cell carcinoma", "a basal cell skin cancer"],
-               ["a pearly lesion with arborizing vessels"]),
-            _c("benign keratosis-like lesions", ["a benign keratosis", "seborrheic keratosis", "solar lentigo"],
-               ["a waxy stuck-on lesion with milia-like cysts"]),
-            _c("dermatofibroma", ["dermatofibroma", "a benign fibrous skin nodule"],
-               ["a central white scar-like patch with a delicate pigment ring"]),
-            _c("melanoma", ["melanoma", "malignant melanoma"],
-               ["an asymmetric lesion with an irregular pigment network and several colours"]),
-            _c("melanocytic nevi", ["a melanocytic nevus", "a benign mole"],
-               ["a symmetric lesion with a regular pigment network"]),
-            _c("vascular lesions", ["a vascular lesion", "an angioma"], ["red-purple lacunae"]),
-        ),
-        3, _n(7007, 1003, 2005),
-        _md5("0744692d530f8e62ec473284d019b0c7", "b70a2f5635c6199aeaa28c31d7202e1f",
-             "2defd784463fa5243564e855ed717de1", "8974907d8e169bef5f5b96bc506ae45d"),
-        license="CC BY-NC 4.0", source="HAM10000 (Tschandl et al.)",
-    ),
-    Subset(
-        "octmnist", "OCTMNIST", "oct", "retinal OCT scan", "a", "multiclass",
-        (
-            _c("choroidal neovascularization", ["choroidal neovascularization", "wet macular degeneration"],
-               ["a subretinal neovascular membrane with fluid"]),
-            _c("diabetic macular edema", ["diabetic macular edema", "diabetic macular oedema"],
-               ["retinal thickening with intraretinal fluid cysts"]),
-            _c("drusen", ["drusen", "early age-related macular degeneration"],
-               ["deposits beneath the retinal pigment epithelium"]),
-            _c("normal", ["a normal retina", "no retinal disease"], ["a preserved foveal contour without fluid"]),
-        ),
-        1, _n(97477, 10832, 1000),
-        _md5("c68d92d5b585d8d81f7112f81e2d0842", "e229e9440236b774d9f0dfef9d07bdaf",
-             "0a97e76651ace45c5d943ee3f65b63ae", "abc493b6d529d5de7569faaef2773ba3"),
-        source="Kermany et al. retinal OCT",
-    ),
-    Subset(
-        "pneumoniamnist", "PneumoniaMNIST", "x-ray", "pediatric chest X-ray", "a", "binary",
-        (
-            _c("normal", ["normal lungs", "no pneumonia"], ["clear lungs without consolidation"]),
-            _c("pneumonia", ["pneumonia", "a lung infection"], ["airspace opacities consistent with infection"]),
-        ),
-        1, _n(4708, 524, 624),
-        _md5("28209eda62fecd6e6a2d98b1501bb15f", "8f4eceb4ccffa70c672198ea285246c6",
-             "05b46931834c231683c68f40c47b2971", "d6a3c71de1b945ea11211b03746c1fe1"),
-        source="Kermany et al. pediatric chest X-ray",
-    ),
-    Subset(
-        "retinamnist", "RetinaMNIST", "fundus", "retinal fundus photograph", "a", "multiclass",
-        (
-            _c("0", ["no diabetic retinopathy", "grade 0 diabetic retinopathy"],
-               ["a healthy retina without microaneurysms"]),
-            _c("1", ["mild non-proliferative diabetic retinopathy", "grade 1 diabetic retinopathy"],
-               ["a few microaneurysms only"]),
-            _c("2", ["moderate non-proliferative diabetic retinopathy", "grade 2 diabetic retinopathy"],
-               ["retinal haemorrhages and hard exudates"]),
-            _c("3", ["severe non-proliferative diabetic retinopathy", "grade 3 diabetic retinopathy"],
-               ["extensive haemorrhages with venous beading"]),
-            _c("4", ["proliferative diabetic retinopathy", "grade 4 diabetic retinopathy"],
-               ["new vessels growing on the retina"]),
-        ),
-        3, _n(1080, 120, 400),
-        _md5("bd4c0672f1bba3e3a89f0e4e876791e4", "afda852cc34dcda56f86ad2b2457dbcc",
-             "e48e916a24454daf90583d4e6efb1a18", "eae7e3b6f3fcbda4ae613ebdcbe35348"),
-        source="DeepDRiD challenge", ordinal=True,
-    ),
-    Subset(
-        "breastmnist", "BreastMNIST", "ultrasound", "breast ultrasound image", "a", "binary",
-        (
-            _c("malignant", ["a malignant lesion", "breast cancer", "a malignant breast tumour"],
-               ["an irregular hypoechoic mass with spiculated margins"]),
-            _c("normal, benign", ["a benign or normal finding", "a benign lesion", "normal breast tissue"],
-               ["a well-circumscribed oval mass or normal tissue"]),
-        ),
-        1, _n(546, 78, 156),
-        _md5("750601b1f35ba3300ea97c75c52ff8f6", "742edef2a1fd1524b2efff4bd7ba9364",
-             "363e4b3f8d712e9b5de15470a2aaadf1", "b56378a6eefa9fed602bb16d192d4c8b"),
-        source="Breast Ultrasound Images (Al-Dhabyani et al., 2020)",
-    ),
-    Subset(
-        "bloodmnist", "BloodMNIST", "microscopy", "blood smear microscopy image", "a", "multiclass",
-        (
-            _c("basophil", ["a basophil"], ["a white blood cell with dense dark purple granules"]),
-            _c("eosinophil", ["an eosinophil"], ["a white blood cell with orange-red granules"]),
-            _c("erythroblast", ["an erythroblast", "a nucleated red blood cell"],
-               ["an immature red cell with a round dense nucleus"]),
-            _c("immature granulocytes(myelocytes, metamyelocytes and promyelocytes)",
-               ["an immature granulocyte", "a myelocyte, metamyelocyte or promyelocyte"],
-               ["an immature myeloid cell with a large nucleus"]),
-            _c("lymphocyte", ["a lymphocyte"], ["a small cell with a large round nucleus and scant cytoplasm"]),
-            _c("monocyte", ["a monocyte"], ["a large cell with a kidney-shaped nucleus"]),
-            _c("neutrophil", ["a neutrophil"], ["a cell with a multilobed nucleus"]),
-            _c("platelet", ["platelets", "thrombocytes"], ["small cell fragments without a nucleus"]),
-        ),
-        3, _n(11959, 1712, 3421),
-        _md5("7053d0359d879ad8a5505303e11de1dc", "2b94928a2ae4916078ca51e05b6b800b",
-             "adace1e0ed228fccda1f39692059dd4c", "b718ff6835fcbdb22ba9eacccd7b2601"),
-        source="Acevedo et al. peripheral blood cells",
-    ),
-    Subset(
-        "tissuemnist", "TissueMNIST", "microscopy", "kidney cortex cell microscopy image", "a", "multiclass",
-        (
-            _c("Collecting Duct, Connecting Tubule", ["a collecting duct or connecting tubule cell"],
-               ["an epithelial cell of the collecting system"]),
-            _c("Distal Convoluted Tubule", ["a distal convoluted tubule cell"],
-               ["an epithelial cell of the distal nephron"]),
-            _c("Glomerular endothelial cells", ["a glomerular endothelial cell"],
-               ["an endothelial cell of the glomerular capillaries"]),
-            _c("Interstitial endothelial cells", ["an interstitial endothelial cell"],
-               ["an endothelial cell between the tubules"]),
-            _c("Leukocytes", ["a leukocyte", "an immune cell"], ["a white blood cell in the kidney"]),
-            _c("Podocytes", ["a podocyte"], ["a glomerular epithelial cell with foot processes"]),
-            _c("Proximal Tubule Segments", ["a proximal tubule cell"],
-               ["an epithelial cell of the proximal nephron"]),
-            _c("Thick Ascending Limb", ["a thick ascending limb cell", "a loop of Henle cell"],
-               ["an epithelial cell of the thick ascending limb"]),
-        ),
-        1, _n(165466, 23640, 47280),
-        _md5("ebe78ee8b05294063de985d821c1c34b", "123ece2eba09d0aa5d698fda57103344",
-             "61b955355d7425a89687b06cca3ce0c2", "b077128c4a949f0a4eb01517f9037b9c"),
-        source="BBBC051 (Broad Bioimage Benchmark Collection)",
-    ),
-    _organ_2d("organamnist", "OrganAMNIST", "axial", "an", _n(34561, 6491, 17778),
-              _md5("68e3f8846a6bd62f0c9bf841c0d9eacc", "2dcccc29b88e6da5a01161ef20cda288",
-                   "eeae80d0a227a8d099027e1b3cfd3b60", "50747347e05c87dd3aaf92c49f9f3170")),
-    _organ_2d("organcmnist", "OrganCMNIST", "coronal", "a", _n(12975, 2392, 8216),
-              _md5("b9ceb9546e10131b32923c5bbeaea2b1", "3ce34a8724ea6f548e6db4744d03b6a9",
-                   "773c1f009daa3fe5d9a2a201b2a7ed94", "050f5e875dc056f6768abf94ec9995d1")),
-    _organ_2d("organsmnist", "OrganSMNIST", "sagittal", "a", _n(13932, 2452, 8827),
-              _md5("9ab87b696fb54e2a387ebe992d6ed5f1", "53a6d115339d874c25e309a994ff46d3",
-                   "ded0c5fa01a95dc4978b956f613e9b8e", "b354719e553fbbb2513d5533f52a4cb1")),
-    Subset(
-        "organmnist3d", "OrganMNIST3D", "ct", "abdominal CT volume", "an", "multiclass",
-        tuple(_ORGAN_TEXT[k] for k in _ORGAN_3D_ORDER), 1, _n(971, 161, 610),
-        _md5("a0c5a1ff56af4f155c46d46fbb45a2fe", "58a2205adf14a9d0a189cb06dc78bf10"),
-        source=_ORGAN_SRC, is_3d=True,
-    ),
-    Subset(
-        "nodulemnist3d", "NoduleMNIST3D", "ct", "chest CT volume", "a", "binary",
-        (
-            _c("benign", ["a benign lung nodule", "a low-suspicion lung nodule"],
-               ["a smooth nodule rated unlikely to be malignant"]),
-            _c("malignant", ["a malignant lung nodule", "a suspicious lung nodule"],
-               ["a nodule rated likely to be malignant"]),
-        ),
-        1, _n(1158, 165, 310),
-        _md5("8755a7e9e05a4d9ce80a24c3e7a256f3", "c47c5b7d457bf6332200d2ea6d64ecd8"),
-        source="LIDC-IDRI", is_3d=True,
-    ),
-    Subset(
-        "adrenalmnist3d", "AdrenalMNIST3D", "ct", "3D adrenal gland shape from CT", "a", "binary",
-        (
-            _c("normal", ["a normal adrenal gland"], ["a thin Y-shaped gland"]),
-            _c("hyperplasia", ["adrenal hyperplasia", "an adrenal mass"], ["a thickened or nodular adrenal gland"]),
-        ),
-        1, _n(1188, 98, 298),
-        _md5("bbd3c5a5576322bc4cdfea780653b1ce", "17721accfe9fb005146a47d33bc54b2f"),
-        source="Zhongshan Hospital, Fudan University (shape masks)", is_3d=True,
-    ),
-    Subset(
-        "fracturemnist3d", "FractureMNIST3D", "ct", "rib CT volume", "a", "multiclass",
-        (
-            _c("buckle rib fracture", ["a buckle rib fracture", "a torus rib fracture"],
-               ["cortical buckling without a complete fracture line"]),
-            _c("nondisplaced rib fracture", ["a nondisplaced rib fracture"], ["a fracture line with aligned ends"]),
-            _c("displaced rib fracture", ["a displaced rib fracture"], ["a fracture with offset bone ends"]),
-        ),
-        1, _n(1027, 103, 240),
-        _md5("6aa7b0143a6b42da40027a9dda61302f", "f01d7e6316aedf4210da0da5b7437b42"),
-        source="RibFrac (Jin et al.)", is_3d=True,
-    ),
-    Subset(
-        "vesselmnist3d", "VesselMNIST3D", "mra", "3D brain vessel segment from MRA", "a", "binary",
-        (
-            _c("vessel", ["a healthy vessel segment", "a normal intracranial vessel"],
-               ["a tubular vessel without focal dilation"]),
-            _c("aneurysm", ["an intracranial aneurysm", "an aneurysm"], ["a saccular bulge of the vessel wall"]),
-        ),
-        1, _n(1335, 191, 382),
-        _md5("b41fd4f7e7e2feedddb201585ecafa1b", "6bb274a8846e1097066dcd64e2c4520f"),
-        source="IntrA (Yang et al.)", is_3d=True,
-    ),
-    Subset(
-        "synapsemnist3d", "SynapseMNIST3D", "electron microscopy", "electron microscopy volume of a synapse",
-        "an", "binary",
-        (
-            _c("inhibitory synapse", ["an inhibitory synapse", "a symmetric synapse"],
-               ["a synapse with a thin postsynaptic density"]),
-            _c("excitatory synapse", ["an excitatory synapse", "an asymmetric synapse"],
-               ["a synapse with a thick postsynaptic density"]),
-        ),
-        1, _n(1230, 177, 352),
-        _md5("1235b78a3cd6280881dd7850a78eadb6", "43bd14ebf3af9d3dd072446fedc14d5e"),
-        source="MitoEM rat cortex volume", is_3d=True,
-    ),
-]
-
-SUBSETS: dict[str, Subset] = {s.name: s for s in _SUBSET_LIST}
+SUBSETS: dict[str, Subset] = load_subsets()
 
 
 def get_subset(name: str) -> Subset:
