@@ -53,12 +53,17 @@ def segment_eval(model: Any, data: str | Path, split: str = "test", *, n_boot: i
     affine) under this folder, named after the image.
     """
 
+    import torch
+
     from medvl.models.seg_heads import SegModel
     from medvl.segment.infer import masks_to_label_map, predict_logits, to_masks, write_nifti_mask
     from medvl.segment.model import load_seg_model
 
-    net = model if isinstance(model, SegModel) else load_seg_model(model, device=device)
-    name = model_name or (str(model) if not isinstance(model, SegModel) else "segmodel")
+    # Any nn.Module with SegModel's attributes (task, dims, in_chans, classes, cfg) is scored the same
+    # way: the benchmark wraps MONAI's UNet so both are predicted and scored by one code path.
+    is_module = isinstance(model, (SegModel, torch.nn.Module))
+    net = model if is_module else load_seg_model(model, device=device)
+    name = model_name or (type(model).__name__ if is_module else str(model))
     manifest = open_dataset(data)
     layout = seg_layout(manifest, None, str(net.cfg.get("mask_column", "mask")))
     if layout.task != net.task or any(c not in layout.classes for c in net.classes):
