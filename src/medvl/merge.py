@@ -131,6 +131,26 @@ def merge_checkpoints(a: str | Path, b: str | Path, alphas: Sequence[float], out
     return written
 
 
+def load_wise_curve(path: str | Path) -> list[dict[str, Any]]:
+    """Rows written by ``medvl merge --data`` (``wise.json``), checked so a wrong file is one clear line."""
+    import json
+
+    from medvl.errors import MedvlError
+
+    path = Path(path)
+    if not path.is_file():
+        raise MedvlError(f"--wise: file not found: {path}")
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MedvlError(f"--wise: {path} is not JSON ({exc.msg}, line {exc.lineno})") from exc
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) and "alpha" in r and
+                                                         "in_distribution" in r for r in rows):
+        raise MedvlError(f"--wise: {path} is not a wise.json of `medvl merge --data` (rows with alpha, "
+                         "in_distribution)")
+    return rows
+
+
 def wise_curve(checkpoints: Sequence[tuple[float, str | Path]], data: str | Path, protocol: str = "zeroshot",
                corruptions: Sequence[str] = ("gaussian_noise", "contrast"), severities: Sequence[int] = (3,),
                in_site: str | None = None, n_boot: int = 200, seed: int = 0, device: str = "cpu",

@@ -69,3 +69,33 @@ def test_cli_writes_one_checkpoint_per_alpha(ckpts: dict[str, Path], tmp_path: P
         main(["merge", str(ckpts["a"]), str(ckpts["b"]), "--alpha", "0,0.5,1", "--out", str(tmp_path / "c")])
     assert exc.value.code in (0, None)
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["alpha_0", "alpha_0.5", "alpha_1"]
+
+
+def test_wise_curve_is_drawn_in_the_model_card(toy: dict, tmp_path: Path) -> None:
+    """merge --data evaluates every alpha; eval robustness --wise puts the curve in the card."""
+    import json
+
+    torch.manual_seed(1)
+    texts = [r["text"] for r in toy["rows"] if r["split"] == "train"]
+    b = save_model(create_model("clip-tiny", tokenizer_texts=texts, **{"image.image_size": 28}), tmp_path / "b")
+    out = tmp_path / "wise"
+    with pytest.raises(SystemExit) as exc:
+        main(["merge", str(toy["model"]), str(b), "--alpha", "0,0.5,1", "--out", str(out), "--data",
+              str(toy["manifest"]), "--corruptions", "contrast", "--n-boot", "0"])
+    assert exc.value.code in (0, None)
+    rows = json.loads((out / "wise.json").read_text())
+    assert [r["alpha"] for r in rows] == [0.0, 0.5, 1.0]
+    assert all(0 <= r["in_distribution"] <= 1 and r["shifted_sites"] is not None for r in rows)
+    card = tmp_path / "card"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "robustness", "-m", str(out / "alpha_0.5"), "-d", str(toy["manifest"]), "--protocol",
+              "zeroshot", "--corruptions", "contrast", "--severities", "3", "--n-boot", "0", "--wise",
+              str(out / "wise.json"), "--card-out", str(card), "--no-cache"])
+    assert exc.value.code in (0, None)
+    md = next(card.glob("*.md")).read_text()
+    assert "## Weight interpolation (WiSE-FT)" in md and "wise.png" in md
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "robustness", "-m", str(toy["model"]), "-d", str(toy["manifest"]), "--corruptions", "gamma",
+              "--severities", "1", "--n-boot", "0", "--wise", str(tmp_path / "bad.json"), "--no-cache"])
+    assert exc.value.code == 2

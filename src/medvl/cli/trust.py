@@ -91,6 +91,7 @@ def robustness_cmd(
     no_cache: bool = typer.Option(False, "--no-cache"),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the report as JSON here."),
     card_out: Path | None = typer.Option(None, "--card-out", help="Write the model card (Markdown + HTML) here."),
+    wise: Path | None = typer.Option(None, "--wise", help="wise.json of `medvl merge --data`: drawn in the card."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Corruptions x severities, site shift, subgroups and calibration of one model, with 95% CIs."""
@@ -101,6 +102,10 @@ def robustness_cmd(
     report = robustness_eval(model, data, protocol, split, metric, _names(corruptions) or None,
                              _ints(severities, "--severities"), _names(subgroups), in_site, site_shift, n_boot, seed,
                              device, batch_size, _cache(cache_dir, no_cache), ft)
+    if wise is not None:
+        from medvl.merge import load_wise_curve
+
+        report.extras["wise_curve"] = load_wise_curve(wise)
     for table in robustness_tables(report):
         console.print(table)
     if out is not None:
@@ -122,13 +127,30 @@ def merge_cmd(
     alpha: str = typer.Option("0,0.25,0.5,0.75,1", "--alpha", help="Mixing weights of B, comma-separated."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder; one checkpoint per alpha is written under it."),
     base: Path | None = typer.Option(None, "--base", help="Task arithmetic: A + alpha * (B - BASE) instead."),
+    data: Path | None = typer.Option(None, "--data", "-d", help="Also evaluate every merge on this manifest "
+                                                               "(in-distribution vs shifted): writes OUT/wise.json."),
+    protocol: str = typer.Option("zeroshot", "--protocol", help="With --data: zeroshot or linear-probe."),
+    in_site: str | None = typer.Option(None, "--in-site", help="With --data: the in-distribution site."),
+    corruptions: str = typer.Option("gaussian_noise,contrast", "--corruptions", help="With --data: shifted by these."),
+    n_boot: int = typer.Option(200, "--n-boot"),
 ) -> None:
     """WiSE-FT weight interpolation (1-alpha) A + alpha B, or task arithmetic A + alpha (B - base)."""
-    from medvl.merge import merge_checkpoints
+    from medvl.merge import merge_checkpoints, wise_curve
 
     written = merge_checkpoints(a, b, _floats(alpha, "--alpha"), out, base=base)
     for al, path in written:
         console.print(f"alpha {al:g}: {path}")
+    if data is not None:
+        rows = wise_curve(written, data, protocol, corruptions=_names(corruptions), in_site=in_site, n_boot=n_boot)
+        t = Table(title=f"in-distribution vs shifted {rows[0]['metric']} over alpha ({protocol})")
+        for col in ("alpha", "clean", "in-distribution", "other sites", "corrupted"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            t.add_row(f"{r['alpha']:g}", *(f"{r[k]:.3f}" if r[k] is not None else "-"
+                                         for k in ("clean", "in_distribution", "shifted_sites", "corrupted")))
+        console.print(t)
+        (out / "wise.json").write_text(json.dumps(rows, indent=1))
+        console.print(f"curve: {out / 'wise.json'} (pass it to `medvl eval robustness --wise` for the model card)")
 
 
 @eval_app.command("pair-accuracy")
