@@ -108,15 +108,16 @@ class Captioner:
         return re.sub(r"\s+([.,:;!?)])", r"\1", self.model.tokenizer.decode(tokens)).strip()
 
 
-def load_captioner(path: str | Path, device: str | torch.device = "cpu") -> Captioner:
-    """The report writer of a checkpoint (or of a run directory's newest checkpoint)."""
-    from medvl.models import load_model
+def attach_caption_decoder(model: Any, path: str | Path, device: str | torch.device = "cpu") -> Captioner:
+    """A :class:`Captioner` around an already loaded dual encoder and the decoder saved in ``path``.
+
+    The server uses this to reuse the model it serves instead of loading the weights twice.
+    """
     from medvl.objectives.caption import CaptionLoss
     from medvl.train import checkpoint as ck
 
     ckpt = resolve_checkpoint(path)
     key, spec = _caption_spec(ckpt)
-    model = load_model(ckpt, device=device)
     try:
         objective = CaptionLoss(**spec)
     except TypeError as exc:
@@ -134,3 +135,28 @@ def load_captioner(path: str | Path, device: str | torch.device = "cpu") -> Capt
         raise CheckpointError(f"{ckpt / ck.TRAIN_STATE}: caption decoder weights do not match its config: "
                               f"{str(exc).splitlines()[0]}") from exc
     return Captioner(model=model.eval(), decoder=objective.decoder.to(device).eval(), name=str(path))
+
+
+def load_captioner(path: str | Path, device: str | torch.device = "cpu") -> Captioner:
+    """The report writer of a checkpoint (or of a run directory's newest checkpoint)."""
+    from medvl.models import load_model
+
+    ckpt = resolve_checkpoint(path)
+    _caption_spec(ckpt)  # fail before loading weights when there is no caption decoder
+    return attach_caption_decoder(load_model(ckpt, device=device), ckpt, device)
+
+
+def report_writer_for(encoder: Any) -> Captioner | None:
+    """The caption decoder of the checkpoint an encoder was loaded from, or None if it has none.
+
+    Used by the server: a medvl checkpoint trained with the ``caption`` objective also serves
+    ``POST /v1/report``; any other encoder simply has no report writer.
+    """
+    model = getattr(encoder, "model", None)
+    name = str(getattr(encoder, "name", ""))
+    if model is None or not hasattr(model, "encode_image_tokens") or not Path(name).is_dir():
+        return None
+    try:
+        return attach_caption_decoder(model, name, getattr(encoder, "device", "cpu"))
+    except CheckpointError:
+        return None

@@ -141,6 +141,14 @@ class SearchResponse(BaseModel):
     image: ImageInfo | None = None
 
 
+class ReportResponse(BaseModel):
+    model: str
+    report: str = Field(..., description="Draft report written by the model's caption decoder; not a diagnosis.")
+    finished: bool = Field(..., description="False when the report was cut at max_tokens.")
+    method: Literal["greedy", "beam"]
+    image: ImageInfo
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -378,10 +386,12 @@ def _form_int(fields: dict[str, str], name: str, default: int, lo: int, hi: int)
 
 # ------------------------------------------------------------------------------ the app
 def create_app(encoder: Any, index_dir: str | Path | CaseIndex | None = None, card: DatasetCard | None = None,
-               settings: ServeSettings | None = None) -> FastAPI:
+               settings: ServeSettings | None = None, report_writer: Any = "auto") -> FastAPI:
     """Build the service around a loaded ``encoder`` and an index directory (optional).
 
     ``card`` defaults to the card stored with the index; zero-shot needs a card and a text tower.
+    ``report_writer`` (a :class:`medvl.generate.Captioner`) serves ``POST /v1/report``; ``"auto"``
+    finds the caption decoder of the served medvl checkpoint, if it was trained with one.
     """
     settings = settings or ServeSettings()
     index = (index_dir if isinstance(index_dir, CaseIndex)
@@ -397,6 +407,10 @@ def create_app(encoder: Any, index_dir: str | Path | CaseIndex | None = None, ca
                              f"{index.path} holds {index.meta.dim}-d vectors (built with {index.meta.model!r})")
     metrics = Metrics()
     service = _Service(encoder, index, card, settings, metrics)
+    if report_writer == "auto":
+        from medvl.generate.captioner import report_writer_for
+
+        report_writer = report_writer_for(encoder)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -512,6 +526,36 @@ def create_app(encoder: Any, index_dir: str | Path | CaseIndex | None = None, ca
                    for score, r in hits]
         return SearchResponse(query=query, space=space, k=min(k, settings.max_k), results=results,  # type: ignore[arg-type]
                               image=info)
+
+    report_multipart = _file_schema({
+        "method": {"type": "string", "enum": ["greedy", "beam"], "default": "greedy"},
+        "max_tokens": {"type": "integer", "minimum": 1, "maximum": 256, "default": 60},
+    })
+
+    @app.post("/v1/report", response_model=ReportResponse, responses=_ERRORS, tags=["api"],
+              openapi_extra=_openapi_body(None, report_multipart))
+    async def draft_report(request: Request) -> ReportResponse:
+        """Draft report for an uploaded image, written by the checkpoint's caption decoder."""
+        if _media(request) != "multipart/form-data":
+            raise HTTPException(415, "report takes multipart/form-data with a 'file' part")
+        if report_writer is None:
+            raise HTTPException(409, "report writing is unavailable: the served model has no caption decoder "
+                                     "(train it with the 'caption' objective)")
+        data, fields = await _read_upload(request, settings)
+        method = fields.get("method") or "greedy"
+        if method not in ("greedy", "beam"):
+            raise HTTPException(422, "form field 'method' must be 'greedy' or 'beam'")
+        limit = max(1, int(report_writer.decoder.cfg.context_length) - 1)
+        max_tokens = _form_int(fields, "max_tokens", min(60, limit), 1, limit)
+        decoded = await _decode(data)
+        from medvl.generate.decoding import DecodeConfig
+
+        cfg = DecodeConfig(method=method, max_new_tokens=max_tokens, num_beams=3)
+        x = await run_in_threadpool(to_model_input, decoded.pixels, report_writer.image_size, report_writer.in_chans,
+                                    (0.0,) * report_writer.in_chans, (1.0,) * report_writer.in_chans)
+        gen = (await run_in_threadpool(report_writer.generate, x[None], cfg))[0]
+        return ReportResponse(model=service.model_name, report=report_writer.decode_tokens(gen.tokens),
+                              finished=gen.finished, method=method, image=_image_info(decoded))  # type: ignore[arg-type]
 
     # -- middleware (last added = outermost): metrics -> headers -> auth -> body limit -> app ---------
     max_bytes = int(settings.max_upload_mb * 2**20)

@@ -102,6 +102,14 @@
     $("findings").classList.remove("hidden");
   }
 
+  function renderDraft(data) {
+    // textContent only: a generated report never becomes markup.
+    if (!data) { $("draft").classList.add("hidden"); return; }
+    $("draft-text").textContent = data.report || "(empty)";
+    $("draft-mode").textContent = "(" + data.method + (data.finished ? "" : ", cut at the token limit") + ")";
+    $("draft").classList.remove("hidden");
+  }
+
   async function busy(fn) {
     const btn = $("search-btn");
     btn.disabled = true;
@@ -125,6 +133,7 @@
     await busy(async () => {
       setStatus("searching…");
       $("findings").classList.add("hidden");
+      $("draft").classList.add("hidden");
       const data = await api("/v1/search", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
@@ -147,9 +156,14 @@
         if (err.status === 409) return null; // no card / no text tower: search only
         throw err;
       });
-      const [hits, zs] = await Promise.all([searchP, zsP]);
+      const reportP = api("/v1/report", { method: "POST", body: form() }).catch((err) => {
+        if (err.status === 409) return null; // the model has no caption decoder: no draft report
+        throw err;
+      });
+      const [hits, zs, draft] = await Promise.all([searchP, zsP, reportP]);
       renderResults(hits);
       if (zs) renderFindings(zs); else $("findings").classList.add("hidden");
+      renderDraft(draft);
     });
   }
 
