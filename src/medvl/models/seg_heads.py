@@ -21,6 +21,7 @@ timm weights file.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -39,8 +40,15 @@ def _conv(dims: int) -> type[nn.Module]:
 
 
 def _norm(dims: int, ch: int) -> nn.Module:
-    # GroupNorm: segmentation batches are small (and 3D ones tiny), where BatchNorm statistics are noise.
-    return nn.GroupNorm(min(8, ch), ch) if ch % min(8, ch) == 0 else nn.GroupNorm(1, ch)
+    """GroupNorm: segmentation batches are small (3D ones tiny), where BatchNorm statistics are noise.
+
+    Up to 8 groups of at least 4 channels, so a group has several values even on a 1x1 map (the
+    last stage of a CNN at 32 px).
+    """
+    groups = math.gcd(ch, 8)
+    while groups > 1 and ch // groups < 4:
+        groups //= 2
+    return nn.GroupNorm(groups, ch)
 
 
 def _resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
