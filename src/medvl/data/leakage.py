@@ -173,15 +173,18 @@ def leakage_against_record(record: dict[str, Any], manifest: Manifest, split: st
             "trained_on": [m.get("path") for m in record.get("manifests", [])]}
 
 
-def model_leakage(model: str | Path, manifest: Manifest, split: str, *, warn: bool = True) -> dict[str, Any]:
+def model_leakage(model: str | Path, manifest: Manifest | None, split: str, *, warn: bool = True) -> dict[str, Any]:
     """Leakage of ``split`` for ``model``: a medvl checkpoint with a record is checked; otherwise the
-    result says why not (``checked: false``). Warns when any evaluated image or patient was seen."""
+    result says why not (``checked: false``; ``manifest`` is not read then and may be None). Warns when
+    any evaluated image or patient was seen."""
     rec_path = find_train_record(model)
     if rec_path is None:
         reason = ("the checkpoint has no training-data record (trained before records existed, or from shards)"
                   if Path(str(model).removeprefix("medvl:")).is_dir()
                   else "not a medvl checkpoint: its pretraining data is unknown to medvl")
         return {"checked": False, "reason": reason}
+    if manifest is None:
+        raise ValueError("model_leakage: a manifest is needed to check a model that has a training record")
     info = leakage_against_record(load_train_record(rec_path), manifest, split)
     if warn and (info["images_seen"] or info["patients_seen"]):
         warnings.warn(f"leakage: {info['images_seen']} of {info['of']} evaluated images and "

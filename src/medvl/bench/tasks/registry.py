@@ -196,11 +196,12 @@ def run_job(job: Job, encoder_spec: str, manifest_path: Path, suite: Suite, out_
     out = task.run(ctx)
     if isinstance(out, str):
         return out
-    from medvl.data.leakage import model_leakage
+    from medvl.data.leakage import find_train_record, model_leakage
     from medvl.data.manifest import load_manifest
     from medvl.evaluate.features import record_leakage
 
-    manifest = ctx._inputs.manifest if ctx._inputs is not None else load_manifest(ctx.manifest_path)
+    manifest = ctx._inputs.manifest if ctx._inputs is not None else (
+        load_manifest(ctx.manifest_path) if find_train_record(encoder_spec) else None)  # only read when needed
     record_leakage(out, model_leakage(encoder_spec, manifest, ctx.split))  # pretraining overlap, in the result
     save_results(out, out_path)
     return None
