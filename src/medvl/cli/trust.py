@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from medvl.cli.app import app, eval_app
-from medvl.cli.evaluation import DATA_HELP, MODEL_HELP, _cache, _floats, _ints, _setup
+from medvl.cli.evaluation import DATA_HELP, MODEL_HELP, _cache, _encoder_kwargs, _floats, _ints, _setup
 
 console = Console()
 
@@ -89,6 +89,8 @@ def robustness_cmd(
     batch_size: int = typer.Option(128, "--batch-size"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache (clean and corrupted)."),
     no_cache: bool = typer.Option(False, "--no-cache"),
+    image_size: int | None = typer.Option(None, "--image-size", help="timm encoders: input size."),
+    in_chans: int | None = typer.Option(None, "--in-chans", help="timm encoders: input channels (default 3)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the report as JSON here."),
     card_out: Path | None = typer.Option(None, "--card-out", help="Write the model card (Markdown + HTML) here."),
     wise: Path | None = typer.Option(None, "--wise", help="wise.json of `medvl merge --data`: drawn in the card."),
@@ -101,7 +103,8 @@ def robustness_cmd(
     ft = {k: v for k, v in {"epochs": epochs, "lr": lr}.items() if v is not None}
     report = robustness_eval(model, data, protocol, split, metric, _names(corruptions) or None,
                              _ints(severities, "--severities"), _names(subgroups), in_site, site_shift, n_boot, seed,
-                             device, batch_size, _cache(cache_dir, no_cache), ft)
+                             device, batch_size, _cache(cache_dir, no_cache), ft,
+                             encoder_kwargs=_encoder_kwargs(model, image_size, in_chans))
     if wise is not None:
         from medvl.merge import load_wise_curve
 
