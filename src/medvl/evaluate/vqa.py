@@ -393,9 +393,11 @@ def run_vqa_eval(data: str | Path, *, model: str | None = None, answers: str | P
 
             got = answer_with_captioner(load_captioner(model, device=device), manifest, items)
         else:
+            from medvl.generate.captioner import resolve_checkpoint
             from medvl.models.encoder import load_encoder
 
-            got = rank_answers(load_encoder(model, device=device), manifest, items)
+            spec = str(resolve_checkpoint(model)) if Path(model).is_dir() else model  # run dir: newest checkpoint
+            got = rank_answers(load_encoder(spec, device=device), manifest, items)
             config["mode"] = "rank"
     return evaluate_vqa(items, got, model_name=name, dataset=manifest.path.parent.name, split=split or "all",
                         n_boot=n_boot, seed=seed, config=config)
