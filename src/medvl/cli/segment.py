@@ -51,13 +51,30 @@ def segment_cmd(
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda ..."),
     all_classes: bool = typer.Option(False, "--per-class", help="Print every per-class record too."),
+    prompt: str = typer.Option("none", "--prompt",
+                               help="none: --model is a train-seg checkpoint; text: zero-shot masks of a CLIP "
+                                    "checkpoint from its phrase grounding maps (threshold chosen on --val-split)."),
+    phrases: str = typer.Option("report", "--phrases", help="--prompt text: the report's sentence naming the "
+                                                            "finding (report) or the class name (class)."),
+    val_split: str = typer.Option("val", "--val-split", help="--prompt text: split the threshold is chosen on."),
+    mask_column: str = typer.Option("mask", "--mask-column", help="--prompt text: the mask column to score."),
 ) -> None:
     """Dice, IoU, HD95 and NSD per class with patient-level 95% bootstrap CIs."""
+    from medvl.errors import ConfigError
     from medvl.evaluate.results import records_table, save_results
-    from medvl.evaluate.segment import segment_eval
 
-    res = segment_eval(model, data, split, n_boot=n_boot, seed=seed, tolerance=tolerance, device=device,
-                       masks_out=masks_out)
+    if prompt == "text":
+        from medvl.evaluate.segment_prompt import text_prompt_eval
+
+        res = text_prompt_eval(model, data, split, val_split=val_split, phrases=phrases, n_boot=n_boot, seed=seed,
+                               tolerance=tolerance, device=device, mask_column=mask_column)
+    elif prompt == "none":
+        from medvl.evaluate.segment import segment_eval
+
+        res = segment_eval(model, data, split, n_boot=n_boot, seed=seed, tolerance=tolerance, device=device,
+                           masks_out=masks_out)
+    else:
+        raise ConfigError(f"--prompt must be none or text, got {prompt!r}")
     shown = res.records if all_classes else [r for r in res.records if "/" not in r.metric]
     console.print(records_table(shown, title=f"segmentation: {model} on {data} / {split}"))
     head = next(r for r in res.records if r.metric == "dice")
