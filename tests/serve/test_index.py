@@ -199,18 +199,32 @@ def test_cli_build_add_search(tmp_path: Path, phantoms: Path, model_dir: Path, m
     from medvl.cli import app
     from medvl.models import encoder as encoder_mod
 
+    # Spy on the factory: `index add` and `index search` take no --model, so they must load the encoder
+    # recorded in the index's meta.json (the checkpoint the index was built with), nothing else.
+    loaded: list[str] = []
+    real_load = encoder_mod.load_encoder
+
+    def spy(spec, *args, **kwargs):
+        loaded.append(str(spec))
+        return real_load(spec, *args, **kwargs)
+
+    monkeypatch.setattr(encoder_mod, "load_encoder", spy)
     runner = CliRunner()
     out = tmp_path / "cli-idx"
     r = runner.invoke(app, ["index", "build", "--model", str(model_dir), "--data", str(phantoms), "--out", str(out),
                             "--split", "train,val"])
     assert r.exit_code == 0, r.output
     assert "kind flat" in r.output
+    assert [Path(s).resolve() for s in loaded] == [model_dir.resolve()]  # build: the --model given
+    recorded = CaseIndex.open(out).meta.model
+    assert Path(recorded).resolve() == model_dir.resolve()
     r = runner.invoke(app, ["index", "add", str(out), "--data", str(phantoms), "--split", "test"])
     assert r.exit_code == 0, r.output
     assert "added" in r.output
     r = runner.invoke(app, ["index", "search", str(out), "--text", "left pleural effusion", "--k", "4"])
     assert r.exit_code == 0, r.output
     assert "score" in r.output and "top 4" in r.output
+    assert loaded[1:] == [recorded, recorded]  # add and search loaded exactly the model recorded in meta.json
     r = runner.invoke(app, ["index", "search", str(out), "--text", "x", "--image", "y.png"])
     assert r.exit_code != 0
-    assert encoder_mod  # the CLI loads the encoder recorded in meta.json (absolute checkpoint path)
+    assert len(loaded) == 3  # an invalid query is refused before any model is loaded
