@@ -55,8 +55,9 @@ def _encoder_kwargs(model: str, image_size: int | None, in_chans: int | None) ->
         kwargs["image_size"] = image_size
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    if kwargs and not model.startswith("timm:"):
-        raise ConfigError("--image-size/--in-chans apply to timm: encoders; a medvl checkpoint carries its own")
+    if kwargs and not model.startswith(("timm:", "resnet3d:", "acs:", "2.5d:")):
+        raise ConfigError("--image-size/--in-chans apply to timm: and volume (resnet3d:/acs:/2.5d:) encoders; "
+                          "a medvl checkpoint carries its own")
     return kwargs
 
 
@@ -81,6 +82,13 @@ def _report(results: Any, out: Path | None, title: str, leakage: dict[str, Any] 
 
 def _setup(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+
+
+def _epoch_log() -> None:
+    """Fine-tuning always prints its per-epoch line (loss, validation metric, seconds) so runs can be planned."""
+    logger = logging.getLogger("medvl.evaluate.finetune")
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
 
 
 # Shared options (typer needs them per command).
@@ -217,7 +225,8 @@ def knn_cmd(model: str = _model, data: Path = _data, split: str = _split, out: P
 def finetune_cmd(model: str = _model, data: Path = _data, split: str = _split, out: Path | None = _out,
                  protocol: str = typer.Option("default", "--protocol",
                                               help="default (30 epochs, cosine, early stop) or medmnist "
-                                                   "(MedMNIST v2: 100 epochs, lr 1e-3 x0.1 at 50/75, batch 128)."),
+                                                   "(MedMNIST v2: 100 epochs, lr 1e-3 x0.1 at 50/75, batch 128; "
+                                                   "on volumes medmnist3d, batch 32)."),
                  epochs: int | None = typer.Option(None, "--epochs", help="Override (step milestones scale)."),
                  lr: float | None = typer.Option(None, "--lr"),
                  weight_decay: float | None = typer.Option(None, "--weight-decay"),
@@ -232,19 +241,29 @@ def finetune_cmd(model: str = _model, data: Path = _data, split: str = _split, o
                  normalise: str | None = typer.Option(None, "--normalise", metavar="MEAN,STD",
                                                       help="Input mean,std for every channel instead of the "
                                                            "encoder's own (MedMNIST paper: 0.5,0.5)."),
+                 shape_transform: bool = typer.Option(False, "--shape-transform",
+                                                      help="MedMNIST 3D shape sets: training voxels x U(0,1), "
+                                                           "evaluation x 0.5 (the paper code's --shape_transform)."),
+                 amp: bool = typer.Option(False, "--amp", help="bf16 autocast on CUDA."),
                  seeds: str = typer.Option("0", "--seeds", help="Training seeds, e.g. 0,1,2."),
                  image_size: int | None = _image_size, in_chans: int | None = _in_chans,
                  n_boot: int = _n_boot, device: str = _device, verbose: bool = _verbose) -> None:
     """Fine-tune the image tower + a linear head; model selection on validation AUROC."""
     from medvl.data.leakage import model_leakage
     from medvl.data.manifest import load_eval_manifest
-    from medvl.evaluate.finetune import finetune, protocol_config, summarise_seeds
+    from medvl.evaluate.finetune import finetune, protocol_config, resolve_protocol, summarise_seeds
 
     _setup(verbose)
+    _epoch_log()
+    manifest = load_eval_manifest(data)
+    resolved = resolve_protocol(protocol, manifest)
+    if resolved != protocol:
+        console.print(f"protocol {protocol} on volumes -> {resolved} (the paper's 3D recipe: batch 32)")
+    protocol = resolved
     cfg = protocol_config(protocol, epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
                           patience=patience, augment=augment, small_stem=small_stem or None,
-                          torch_init=torch_init or None, normalise=_mean_std(normalise))
-    manifest = load_eval_manifest(data)
+                          torch_init=torch_init or None, normalise=_mean_std(normalise),
+                          shape_transform=shape_transform or None, amp=amp or None)
     seed_list = _ints(seeds, "--seeds")
     res = finetune(model, manifest, cfg, seed_list, device, split=split, n_boot=n_boot,
                    encoder_kwargs=_encoder_kwargs(model, image_size, in_chans))

@@ -57,7 +57,7 @@ class ACSConv3d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 dilation: int = 1, groups: int = 1, bias: bool = True):
+                 dilation: int = 1, groups: int = 1, bias: bool = True, device: str | torch.device | None = None):
         super().__init__()
         if groups != 1:
             raise ConfigError("ACS convolution supports groups=1 only (ResNet-style backbones)")
@@ -65,11 +65,12 @@ class ACSConv3d(nn.Module):
             raise ConfigError(f"ACS convolution needs 'same' padding (kernel {kernel_size}, padding {padding})")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size, device=device))
+        self.bias = nn.Parameter(torch.empty(out_channels, device=device)) if bias else None
         third = out_channels // 3
         self.split = (third + (out_channels % 3 > 0), third + (out_channels % 3 > 1), third)
-        self.reset_parameters()
+        if torch.device(device or "cpu").type != "meta":
+            self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """PyTorch's default Conv2d init (the 2D layer this replaces)."""
@@ -112,17 +113,20 @@ def _convert_conv(conv: nn.Conv2d, mode: str, name: str) -> nn.Module:
     d = _single(conv.dilation, "dilation", name)
     bias = conv.bias is not None
     w = conv.weight.detach()
+    # Built on the meta device, then given the converted tensors: no wasted random init of 3D kernels.
     if mode == "acs":
-        new: nn.Module = ACSConv3d(conv.in_channels, conv.out_channels, k, s, p, d, conv.groups, bias)
-        new.weight.data.copy_(w)
+        new: nn.Module = ACSConv3d(conv.in_channels, conv.out_channels, k, s, p, d, conv.groups, bias, device="meta")
+        weight = w.clone()
     elif mode == "2.5d":
-        new = nn.Conv3d(conv.in_channels, conv.out_channels, (1, k, k), s, (0, p, p), (1, d, d), conv.groups, bias)
-        new.weight.data.copy_(w.unsqueeze(2))
+        new = nn.Conv3d(conv.in_channels, conv.out_channels, (1, k, k), s, (0, p, p), (1, d, d), conv.groups, bias,
+                        device="meta")
+        weight = w.unsqueeze(2).clone()
     else:  # I3D inflation: repeat along depth, divide by depth so a constant-in-depth input gives the 2D response
-        new = nn.Conv3d(conv.in_channels, conv.out_channels, k, s, p, d, conv.groups, bias)
-        new.weight.data.copy_(w.unsqueeze(2).repeat(1, 1, k, 1, 1) / k)
+        new = nn.Conv3d(conv.in_channels, conv.out_channels, k, s, p, d, conv.groups, bias, device="meta")
+        weight = w.unsqueeze(2).repeat(1, 1, k, 1, 1) / k
+    new.weight = nn.Parameter(weight)
     if bias:
-        new.bias.data.copy_(conv.bias.detach())  # type: ignore[union-attr]
+        new.bias = nn.Parameter(conv.bias.detach().clone())  # type: ignore[union-attr]
     return new
 
 
