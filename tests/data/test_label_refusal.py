@@ -88,7 +88,8 @@ def test_training_data_refuses_and_skip_mode_reports(typo: dict, tmp_path: Path)
     assert len((tmp_path / "skipped_images.jsonl").read_text().splitlines()) == 1
 
 
-def test_trainer_skip_mode_keeps_the_row_in_a_fresh_report(typo: dict, tmp_path: Path) -> None:
+def test_trainer_skip_mode_keeps_the_row_in_a_fresh_report(typo: dict, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     """The trainer starts a fresh skip report after building the data: the label skips must survive it."""
     from medvl.train.config import build_train_config
     from medvl.train.trainer import train
@@ -109,6 +110,8 @@ def test_trainer_skip_mode_keeps_the_row_in_a_fresh_report(typo: dict, tmp_path:
     assert result.step == 1 and result.skipped_images == 0
     rows = [json.loads(line)["row"] for line in (out / "skipped_images.jsonl").read_text().splitlines()]
     assert rows == [TYPO_ROW]
+    assert "data.on_error=skip: 1 row(s) with labels the card does not know are left out" in \
+        " ".join(capsys.readouterr().err.split())  # the run log goes to stderr
 
 
 def test_dataset_refuses_by_default(typo: dict) -> None:
