@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from medvl.errors import CheckpointError, ConfigError
@@ -55,11 +56,65 @@ def pool_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor, pool: str) -
     raise ConfigError(f"unknown text.pool {pool!r}; valid: {', '.join(POOLS)}")
 
 
+class TextBlock(nn.TransformerEncoderLayer):
+    """A pre-norm ``nn.TransformerEncoderLayer`` whose forward calls ``scaled_dot_product_attention`` directly.
+
+    Why a subclass: parameter names, shapes and initialisation stay exactly those of the PyTorch
+    layer (so checkpoints written before this class existed load unchanged, and a seed gives the
+    same weights), while the forward skips ``nn.MultiheadAttention``'s mask merging, which
+    expands a float padding mask plus a float causal mask into a ``[B * heads, L, L]`` tensor in
+    every layer of every step. Here the mask is either absent (``is_causal`` picks the fused
+    causal kernel) or one boolean tensor built once per forward and shared by all layers.
+    """
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,  # type: ignore[override]
+                is_causal: bool = False) -> torch.Tensor:
+        x = x + self.dropout1(self._attend(self.norm1(x), attn_mask, is_causal))
+        return x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(self.norm2(x))))))
+
+    def _attend(self, h: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
+        attn = self.self_attn
+        b, seq, width = h.shape
+        heads = attn.num_heads
+        qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)
+        q, k, v = qkv.view(b, seq, 3, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+                                             dropout_p=attn.dropout if self.training else 0.0)
+        return attn.out_proj(out.transpose(1, 2).reshape(b, seq, width))
+
+
+def attention_mask_for(attention_mask: torch.Tensor, causal: bool) -> tuple[torch.Tensor | None, bool]:
+    """``(attn_mask, is_causal)`` for :class:`TextBlock` from a ``[B, L]`` 1/0 padding mask.
+
+    * no padding: no mask (causal towers: ``is_causal=True``, the fused kernel's own mask);
+    * causal with right padding (what the tokenizer produces, every row ``1..1 0..0``): also just
+      ``is_causal=True`` -- under a causal mask a real token never sees the pads that follow it,
+      so its state is exactly what a padding mask would give (pad positions themselves are never
+      read: pooling and ``word_mask`` skip them);
+    * bidirectional with padding: a ``[B, 1, 1, L]`` boolean key mask (broadcast, not expanded);
+    * causal with any other padding (left or holes): one ``[B, 1, L, L]`` boolean mask for all
+      layers; each position may always see itself, so a fully padded row stays finite.
+    Deciding between the cases reads the mask once (a host sync on GPU, ~tens of microseconds).
+    """
+    keep = attention_mask.bool()
+    if bool(keep.all()):
+        return None, causal
+    if not causal:
+        return keep[:, None, None, :], False
+    if bool((keep[:, 1:] <= keep[:, :-1]).all()):  # every row is a prefix: right padding
+        return None, True
+    seq = keep.shape[1]
+    tril = torch.ones(seq, seq, dtype=torch.bool, device=keep.device).tril()
+    eye = torch.eye(seq, dtype=torch.bool, device=keep.device)
+    return (keep[:, None, None, :] & tril) | eye, False
+
+
 class TransformerTextTower(nn.Module):
-    """Token + learned position embeddings, pre-norm ``nn.TransformerEncoderLayer`` stack, final norm.
+    """Token + learned position embeddings, pre-norm :class:`TextBlock` stack, final norm.
 
     ``causal: true`` gives the CLIP text encoder (pool ``eot``); ``causal: false`` a BERT-like
-    one (pool ``cls`` or ``mean``). Padding is masked out of attention in both cases.
+    one (pool ``cls`` or ``mean``). Padding never changes a real token's state in either case
+    (see :func:`attention_mask_for` for how that is done without per-layer float masks).
     """
 
     def __init__(self, cfg: TextTowerConfig, load_pretrained: bool = True):
@@ -75,8 +130,8 @@ class TransformerTextTower(nn.Module):
         self.token_embedding = nn.Embedding(cfg.vocab_size, cfg.width)
         self.positional_embedding = nn.Parameter(torch.zeros(cfg.context_length, cfg.width))
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(cfg.width, cfg.heads, int(cfg.width * cfg.mlp_ratio), cfg.dropout,
-                                       activation="gelu", batch_first=True, norm_first=True)
+            TextBlock(cfg.width, cfg.heads, int(cfg.width * cfg.mlp_ratio), cfg.dropout,
+                      activation="gelu", batch_first=True, norm_first=True)
             for _ in range(cfg.layers)
         )
         self.ln_final = nn.LayerNorm(cfg.width)
@@ -108,17 +163,12 @@ class TransformerTextTower(nn.Module):
         if seq > self.context_length:
             raise ConfigError(f"input_ids length {seq} exceeds text.context_length {self.context_length}")
         x = self.token_embedding(input_ids) + self.positional_embedding[:seq]
-        # Float masks for both, so PyTorch does not warn about mismatched mask types.
-        pad = torch.zeros(attention_mask.shape, dtype=x.dtype, device=x.device)
-        pad = pad.masked_fill(attention_mask == 0, float("-inf"))
-        causal = None
-        if self.causal:
-            causal = torch.full((seq, seq), float("-inf"), dtype=x.dtype, device=x.device).triu(1)
+        mask, is_causal = attention_mask_for(attention_mask, self.causal)
         for layer in self.layers:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(layer, x, causal, pad, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(layer, x, mask, is_causal, use_reentrant=False)
             else:
-                x = layer(x, src_mask=causal, src_key_padding_mask=pad)
+                x = layer(x, mask, is_causal)
         return self.ln_final(x)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
