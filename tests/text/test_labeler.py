@@ -126,3 +126,36 @@ def test_real_iu_reports_label_without_error(shared_data) -> None:
     assert by_id["3001"]["Pleural Effusion"] == -1.0  # "Cannot exclude small pleural effusions."
     assert by_id["3740"]["Pneumonia"] == -1.0  # "Probable right lower lobe pneumonia."
     assert by_id["1810"]["Pleural Effusion"] == 0.0 and by_id["1810"]["No Finding"] == 1.0
+
+
+def _hand_labels() -> dict[str, dict[str, float | None]]:
+    import csv
+    from pathlib import Path
+
+    path = Path(__file__).parent / "data" / "iu_hand_labels.csv"
+    rows = csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#"))
+    return {r["id"]: {c: float(r[c]) if r[c] else None for c in CHEXPERT_CLASSES} for r in rows}
+
+
+def test_hand_label_file_is_consistent() -> None:
+    hand = _hand_labels()
+    assert len(hand) == 50
+    for rid, labels in hand.items():
+        others = [v for c, v in labels.items() if c not in ("No Finding", "Support Devices")]
+        expected = None if any(v in (1.0, -1.0) for v in others) else 1.0
+        assert labels["No Finding"] == expected, rid  # the CheXpert rule holds in the hand labels too
+
+
+def test_agreement_with_hand_labels_on_real_reports(shared_data) -> None:
+    """The 50 hand-labelled IU reports (see benchmarks/report_labeler.py for the full table)."""
+    data = json.loads((shared_data / "real" / "iu_xray_reports" / "reports.json").read_text())
+    reports = {r["id"]: r["report"] for split in ("train", "val") for r in data[split]}
+    hand = _hand_labels()
+    pairs = [(label_report(reports[i])[c], hand[i][c]) for i in hand for c in CHEXPERT_CLASSES if c != "No Finding"]
+    exact = sum(p == h for p, h in pairs) / len(pairs)
+
+    def f1(value: float) -> float:
+        tp = sum(p == value and h == value for p, h in pairs)
+        return 2 * tp / (sum(p == value for p, _ in pairs) + sum(h == value for _, h in pairs))
+
+    assert exact >= 0.97 and f1(1.0) >= 0.9 and f1(0.0) >= 0.97 and f1(-1.0) >= 0.7

@@ -36,7 +36,8 @@ MENTIONS: dict[str, list[str]] = {
         r"metasta(?:sis|ses|tic disease)", r"lump",
     ],
     "Lung Opacity": [
-        r"opaci(?:ty|ties|fication|fications|fied)", r"infiltrat(?:e|es|ion|ive)", r"airspace (?:disease|process)",
+        r"(?<!nodular )opaci(?:ty|ties|fication|fications|fied)", r"infiltrat(?:e|es|ion|ive)",
+        r"airspace (?:disease|process)",
         r"air[- ]space (?:disease|process)", r"increased (?:densit(?:y|ies)|markings?)",
         r"(?:interstitial|reticular|reticulonodular) (?:markings?|pattern|opacit(?:y|ies)|changes?|thickening)",
         r"reticulation", r"ground[- ]glass", r"haz(?:y|iness)",
@@ -94,6 +95,9 @@ ATTRIBUTES: dict[str, dict[str, list[str]]] = {
 ABNORMAL_MODIFIERS = [r"enlarg\w*", r"increas\w*", r"large", r"prominen\w*", r"widen\w*", r"wide", r"big"]
 BORDERLINE_MODIFIERS = [r"borderline", r"upper limits? of normal", r"top(?:[- ]| of )normal", r"high[- ]normal",
                         r"upper normal"]
+# "stable heart size" says nothing about the size: a neutral modifier claims the anatomy word when it is
+# nearer than a normal/abnormal one that sits across a comma ("Heart normal, stable mediastinal contours").
+NEUTRAL_MODIFIERS = [r"stable", r"unchanged", r"similar", r"grossly", r"again"]
 NORMAL_MODIFIERS = [r"normal", r"unremarkable", r"within normal limits", r"not enlarged", r"negative"]
 
 # Cues. "pre" cues precede the mention ("no effusion"), "post" cues follow it ("effusion has resolved").
@@ -129,11 +133,11 @@ NEGATION_POST = [
 UNCERTAIN_PRE = [
     r"possibl[ey]", r"probabl[ey]", r"questionabl[ey]", r"question of", r"likely", r"may", r"might", r"could",
     r"suspect(?:ed)?", r"suspicious (?:for|of)", r"suggest(?:s|ed|ing|ive)?(?: of)?", r"concern(?:ing)? (?:for|of)",
-    r"(?:consider|considered|consideration of)", r"equivocal", r"indeterminate", r"borderline",
+    r"(?:consider|considered|consideration of)", r"equivocal",
     r"presum(?:ed|ably|ptive)",
     r"differential(?: diagnosis)?(?: includes?| of)?", r"versus", r"vs\.?", r"r/o", r"rule out", r"to exclude",
     r"cannot distinguish", r"correlat\w+ (?:for|with)", r"evaluate for", r"assess for", r"worrisome for",
-    r"not certain", r"uncertain", r"atypical", r"apparent", r"vague",
+    r"not certain", r"uncertain", r"vague",
 ]
 UNCERTAIN_POST = [
     r"(?:is|are|was|were) (?:suspected|possible|questioned|likely|not certain|uncertain|favou?red|considered)",
@@ -141,6 +145,10 @@ UNCERTAIN_POST = [
     r"vs\.?", r"or not",
     r"(?:cannot|can ?not|can't) be (?:entirely )?(?:excluded|ruled out)", r"\?",
 ]
+# Hedges that reach only the next few words: "borderline cardiomegaly", "atelectasis or scarring".
+UNCERTAIN_SHORT = [r"borderline", r"or"]
+SHORT_WINDOW = 2
+
 # Scope of a cue stops at these (and at the sentence end).
 TERMINATORS = [
     r"but", r"however", r"although", r"though", r"except(?: for)?", r"apart from", r"aside from", r"whereas",
