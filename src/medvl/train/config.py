@@ -18,11 +18,12 @@ from typing import Any
 from medvl.config import apply_overrides, from_dict, load_yaml, to_dict
 from medvl.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 ON_ERROR = ("raise", "skip")
 EMPTY_TEXT = ("skip", "error")
 OPTIM_IMPLS = ("auto", "fused", "foreach", "loop")
+DISTRIBUTED = ("ddp", "fsdp")
 
 
 @dataclass
@@ -71,20 +72,34 @@ class OptimConfig:
 
 @dataclass
 class TrainSection:
-    """Loop length, batch and run bookkeeping.
+    """Loop length, batch, precision, parallelism and run bookkeeping.
+
+    ``precision: auto`` is bf16 autocast on CUDA and fp32 on CPU (:func:`resolve_precision`).
+    ``distributed`` picks how ``--nproc N`` (or torchrun) processes share the model: ``ddp``
+    replicates it and all-reduces gradients; ``fsdp`` shards parameters, gradients and AdamW state
+    with FSDP2 (``medvl.train.fsdp``) for towers that do not fit one device. Both give the same
+    losses as one process on the same global batch. ``activation_checkpointing`` recomputes each
+    transformer block / ResNet stage in the backward instead of storing its activations.
 
     ``batch_size`` is the *global* batch of one forward pass (all ranks together); each of the
     ``world_size`` processes takes a contiguous ``batch_size / world_size`` slice, so a run on 2
     processes sees exactly the batches a 1-process run sees. One optimizer step consumes
-    ``grad_accum`` such batches. ``max_steps`` (optimizer steps) wins over ``epochs`` when > 0.
+    ``grad_accum`` such batches. What accumulation does to a contrastive loss, exactly: each
+    micro-batch's loss is computed over that micro-batch gathered from all ranks (``batch_size``
+    pairs, ``batch_size - 1`` negatives per pair) and the step applies the mean of the
+    ``grad_accum`` gradients; it is *not* one loss over ``batch_size * grad_accum`` pairs (that
+    would need every micro-batch's features at once). It buys the larger step's gradient-noise
+    level, not the larger batch's negatives. ``max_steps`` (optimizer steps) wins over ``epochs`` when > 0.
     """
 
     epochs: int = 10
     max_steps: int = 0
     batch_size: int = 64
     seed: int = 0
-    precision: str = "fp32"
-    grad_checkpointing: bool = False
+    precision: str = "auto"  # auto: bf16 autocast on CUDA (fp32 master weights), fp32 on CPU
+    grad_checkpointing: bool = False  # older name of activation_checkpointing (either one enables it)
+    activation_checkpointing: bool = False  # recompute each tower block's activations in the backward
+    distributed: str = "ddp"  # with --nproc > 1: ddp (full replica per rank) or fsdp (FSDP2, sharded)
     sync_batchnorm: bool = False  # DDP on CUDA: BatchNorm statistics over the global batch
     channels_last: bool = True  # NHWC memory format for 2D image towers (faster convs on CPU and GPU)
     compile: bool = False  # torch.compile the model: ~10-20% faster steps, minutes of compiling first
@@ -110,6 +125,20 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; explicit choices pass through.
+
+    Why bf16 on CUDA: tensor cores run bf16 matmuls several times faster and halve activation
+    memory, while bf16's fp32-sized exponent needs no loss scaling; the weights, gradients and
+    optimizer state stay fp32 (autocast only casts the operands of matmuls and convolutions) and
+    the contrastive loss is computed in fp32. Why fp32 on CPU: most CPUs have no bf16 matmul
+    units, so autocast there mostly adds casts (``benchmarks/train_throughput.py`` measures it).
+    """
+    if precision == "auto":
+        return "bf16" if device_type == "cuda" else "fp32"
+    return precision
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -184,6 +213,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     _choice(cfg.data.on_error, ON_ERROR, "data.on_error")
     _choice(cfg.data.empty_text, EMPTY_TEXT, "data.empty_text")
     _choice(cfg.optim.impl, OPTIM_IMPLS, "optim.impl")
+    _choice(cfg.train.distributed, DISTRIBUTED, "train.distributed")
     positive = {"train.batch_size": cfg.train.batch_size, "optim.grad_accum": cfg.optim.grad_accum,
                 "train.ckpt_every": cfg.train.ckpt_every, "train.log_every": cfg.train.log_every,
                 "data.image_size": cfg.data.image_size, "data.channels": cfg.data.channels}

@@ -8,6 +8,8 @@ device?" (:class:`DistInfo`), so the single-process path has no special cases be
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -82,3 +84,24 @@ def broadcast_object(obj: object, info: DistInfo, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+@contextmanager
+def no_grad_sync(model: torch.nn.Module) -> Iterator[None]:
+    """Skip the gradient all-reduce / reduce-scatter for a micro-batch that is not the step's last.
+
+    DDP: ``model.no_sync()``; FSDP2: ``set_requires_gradient_sync(False)`` (the gradients of the
+    skipped micro-batches accumulate unsharded and are reduced once, with the last one's).
+    Anything else (one process): nothing to skip.
+    """
+    if hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield

@@ -36,7 +36,8 @@ from torch.utils.data import DataLoader
 from medvl.config import save_yaml
 from medvl.errors import CheckpointError, ConfigError, TrainingDivergedError
 from medvl.train import checkpoint as ckpt_io
-from medvl.train.config import TrainConfig, incompatible_keys
+from medvl.train import fsdp
+from medvl.train.config import TrainConfig, incompatible_keys, resolve_precision
 from medvl.train.data import TrainData, build_train_data
 from medvl.train.distributed import (
     DistInfo,
@@ -45,7 +46,9 @@ from medvl.train.distributed import (
     broadcast_object,
     cleanup_distributed,
     init_distributed,
+    no_grad_sync,
 )
+from medvl.train.fsdp import shard_model
 from medvl.train.logging import MetricsLogger
 from medvl.train.rng import capture_rng_state, restore_rng_state, seed_everything
 from medvl.train.sampler import EpochBatchSampler, SeededDataset
@@ -118,7 +121,7 @@ def total_steps(cfg: TrainConfig, batches_per_epoch: int) -> int:
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    if precision == "bf16":
+    if resolve_precision(precision, device.type) == "bf16":  # auto: bf16 on CUDA, fp32 on CPU
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -275,15 +278,16 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
 
     data = build_train_data(cfg.data, seed=cfg.train.seed, out_dir=out_dir)
     model = _build_model(cfg, data, info, resume_dir).to(device)
-    if cfg.train.grad_checkpointing:
+    if cfg.train.grad_checkpointing or cfg.train.activation_checkpointing:
         if not hasattr(model, "set_grad_checkpointing"):
-            raise ConfigError("train.grad_checkpointing=true but this model has no set_grad_checkpointing()")
+            raise ConfigError("train.activation_checkpointing=true but this model has no set_grad_checkpointing()")
         model.set_grad_checkpointing(True)
     volumetric = any(p.ndim == 5 for p in model.parameters())  # 3D towers keep the default layout
     memory_format = torch.channels_last if cfg.train.channels_last and not volumetric else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # affects 4D (conv) weights only
     objective = _build_objective(cfg, info, model, data).to(device)
     core: nn.Module = model
+    sharded = info.enabled and cfg.train.distributed == "fsdp"
     if info.enabled:
         has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in core.modules())
         if cfg.train.sync_batchnorm and has_bn:
@@ -294,11 +298,20 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
             print(f"note: the model has BatchNorm layers; with {info.world_size} processes their statistics "
                   f"come from each process's {cfg.train.batch_size // info.world_size} samples "
                   f"(set train.sync_batchnorm=true on CUDA for global-batch statistics)", flush=True)
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        if sharded:
+            core = model = shard_model(model)  # FSDP2: in place, the optimizer sees the DTensor shards
+        else:
+            model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None)
     # Compiled forward (opt-in): same parameters, so checkpoints and the optimizer see `core`.
     forward_model = torch.compile(model) if cfg.train.compile else model
+    if cfg.train.compile and info.is_main:
+        print("note: train.compile compiles the model first (tens of seconds to minutes); it pays on GPU "
+              "runs of thousands of steps, rarely on CPU or short runs (benchmarks/train_throughput.py "
+              "--variants ours,ours-compile measures it)", flush=True)
     groups = param_groups(core, cfg.optim.weight_decay)
+    if sharded:  # FSDP keeps scalar parameters replicated: a group of their own (no DTensor mixing)
+        groups = fsdp.split_replicated(groups, fsdp.replicated_params(core))
     extra = [p for p in objective.parameters() if p.requires_grad]
     if extra:
         groups.append({"params": extra, "weight_decay": 0.0})
@@ -315,7 +328,10 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
             print(f"warning: the training pairs differ from those of {resume_dir} (manifest edited?); the "
                   f"resumed run continues from step {state['step']} but is not an exact continuation", flush=True)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        if sharded:
+            fsdp.load_optimizer_state(core, optimizer, state["optimizer"])
+        else:
+            optimizer.load_state_dict(state["optimizer"])
         # Hyper-parameters come from the current config (identical for an exact resume).
         for g, fresh in zip(optimizer.param_groups, groups, strict=True):
             g["weight_decay"] = fresh["weight_decay"]
@@ -342,7 +358,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
         what = f"resuming {resume_dir} at step {step}" if resume_dir else "starting"
         logger.message(f"{what}: {steps} steps, {len(data.indices)} training pairs, global batch "
                        f"{cfg.train.batch_size} x accum {cfg.optim.grad_accum}, {info.world_size} process(es) "
-                       f"on {device}")
+                       f"on {device}, {resolve_precision(cfg.train.precision, device.type)}")
         if data.skipped_empty_text:
             logger.message(f"data.empty_text=skip: {data.skipped_empty_text} training pair(s) with an empty "
                            f"text are left out of the contrastive loss")
@@ -368,13 +384,17 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
     batches: Iterator[dict[str, Any]] = iter(loader)
 
     def save(at_step: int) -> Path:
+        # Under FSDP every rank takes part in assembling the full weights and optimizer state.
+        optim_state = fsdp.full_optimizer_state(core, optimizer) if sharded else optimizer.state_dict()
+        to_save = fsdp.FullStateView(core, fsdp.full_model_state(core)) if sharded else core
         train_state = {
             "version": STATE_VERSION, "step": at_step, "epoch": pos[0], "batch_in_epoch": pos[1],
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "optimizer": optim_state, "scheduler": scheduler.state_dict(),
             "objective": objective.state_dict(), "rng": _gather_rng(info), "world_size": info.world_size,
             "sampler": {"seed": cfg.train.seed, "epoch": pos[0], "batch_in_epoch": pos[1],
                         "num_samples": len(data.indices), "data_fingerprint": fingerprint},
-            "logit_scale": float(getattr(core, "logit_scale", torch.tensor(float("nan"))).detach().float()),
+            "logit_scale": float(fsdp.to_local_value(getattr(core, "logit_scale",
+                                                             torch.tensor(float("nan")))).detach().float()),
         }
         path = out_dir / ckpt_io.CHECKPOINTS / ckpt_io.step_dir_name(at_step)
         if info.is_main:
@@ -382,7 +402,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
             from medvl.models import save_model
 
             def write_model(d: Path) -> None:
-                save_model(core, d)
+                save_model(to_save, d)
                 write_train_record(d, data.training_record())  # for medvl eval's leakage check
 
             path = ckpt_io.save_checkpoint(out_dir, at_step, write_model, train_state,
@@ -407,7 +427,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
                 ids, mask = trim_padding(**core.tokenizer(batch["text"]))
                 ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
                 last_micro = micro == cfg.optim.grad_accum - 1
-                sync = contextlib.nullcontext() if last_micro or not info.enabled else model.no_sync()
+                sync = contextlib.nullcontext() if last_micro or not info.enabled else no_grad_sync(model)
                 with sync:
                     loss_dict = forward_loss(forward_model, objective, images, ids, mask, batch,
                                              cfg.train.precision, core=core)
@@ -440,7 +460,7 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
                            "epoch": float(pos[0]), **comps}
                 metrics["grad_norm"] = grad_norm
                 if hasattr(core, "logit_scale"):
-                    metrics["logit_scale"] = float(core.logit_scale.detach().exp())
+                    metrics["logit_scale"] = float(fsdp.to_local_value(core.logit_scale.detach()).exp())
                 logger.log(step, metrics)
                 t_log, n_log = now, 0
             else:
@@ -523,8 +543,8 @@ def clip_gradients(params: list[torch.Tensor], max_norm: float | None) -> float:
         grads = [p.grad for p in params if p.grad is not None]
         if not grads:
             return 0.0
-        return float(torch.nn.utils.get_total_norm(grads, foreach=True))
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True))
+        return float(fsdp.to_local_value(torch.nn.utils.get_total_norm(grads, foreach=True)))
+    return float(fsdp.to_local_value(torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)))
 
 
 def optimizer_update(optimizer: torch.optim.Optimizer, scheduler: CosineWarmup, model: nn.Module) -> float:
