@@ -173,3 +173,13 @@ def test_index_build_refuses(typo: dict, tmp_path: Path) -> None:
         build_index(typo["model"], typo["manifest"], tmp_path / "idx", encoder=load_encoder(typo["model"]))
     _expect(str(exc.value), typo)
     assert not (tmp_path / "idx").exists()
+
+
+def test_shard_writing_refuses(typo: dict, tmp_path: Path) -> None:
+    pytest.importorskip("webdataset")
+    from medvl.train.shards import write_shards
+
+    with pytest.raises(ManifestError) as exc:
+        write_shards(typo["manifest"], tmp_path / "shards")
+    _expect(str(exc.value), typo)
+    assert not (tmp_path / "shards").exists()  # refused before anything is written

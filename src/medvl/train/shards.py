@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medvl.data.manifest import load_manifest
+from medvl.data.manifest import load_manifest, require_known_labels
 from medvl.errors import ImageReadError, ManifestError
 
 INDEX = "index.json"
@@ -52,6 +52,7 @@ def write_shards(manifest: str | Path, out: str | Path, shard_size: int = 1000,
     samples = man.samples if split is None else [s for s in man.samples if s.split == split]
     if not samples:
         raise ManifestError(f"{man.path}: no rows{f' with split={split!r}' if split else ''} to pack")
+    require_known_labels(man, samples)  # a typo would be packed as "negative for every class"
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     label_matrix = man.subset(samples).label_matrix()
