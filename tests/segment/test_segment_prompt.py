@@ -49,3 +49,27 @@ def test_text_prompt_from_the_cli(seg_phantoms: Path, tmp_path: Path):
     assert {"dice", "iou", "hd95", "nsd"} <= set(recs)
     assert recs["dice"]["task"] == "segment-text" and recs["dice"]["config"]["threshold_split"] == "val"
     assert 0 <= recs["dice"]["value"] <= 1
+
+
+@pytest.mark.parametrize("prompt", ["box", "text"])
+def test_prompted_models_train_and_score(prompt: str, seg_phantoms: Path, tmp_path: Path):
+    """Box (MedSAM-style box map) and text (FiLM by the CLIP text embedding) prompted decoders, end to end."""
+    from medvl.evaluate.segment import segment_eval
+    from medvl.models import create_model, save_model
+    from medvl.segment.model import load_seg_model
+    from medvl.segment.train import load_seg_config, train_segmentation
+
+    from .conftest import tiny_overrides
+
+    torch.manual_seed(0)
+    model = create_model("clip-tiny", image={"image_size": 32}, tokenizer_texts=["lung heart", "the heart"])
+    save_model(model, tmp_path / "clip")
+    cfg = load_seg_config(None, tiny_overrides(seg_phantoms, steps=3) + [
+        f"model.encoder={tmp_path / 'clip'}", f"model.prompt={prompt}", "data.mask_column=anatomy_mask"],
+        tmp_path / "run")
+    train_segmentation(cfg)
+    net = load_seg_model(tmp_path / "run" / "last")
+    assert net.prompt == prompt and net.num_outputs == 1
+    res = segment_eval(net, seg_phantoms, "test", n_boot=10, max_cases=4)
+    rec = {r.metric: r for r in res.records}
+    assert rec["dice"].config["prompt"] == prompt and 0 <= rec["dice/lung"].value <= 1

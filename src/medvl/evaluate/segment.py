@@ -7,7 +7,9 @@ mm from the NIfTI header's voxel spacing) of the split is predicted and scored p
 * ``dice``, ``iou``, ``hd95``, ``nsd``: mean over cases of the case's mean over classes, with a
   95% bootstrap CI resampling *patients*; ``per_class`` holds each class's mean over cases;
 * ``dice/<class>`` etc.: each class on its own, with its CI;
-* ``dice_present/<class>`` (multilabel only): Dice over the cases where the class is present --
+* prompted models (``train-seg model.prompt=box|text``): one pass per *present* structure, prompted by
+  its bounding box (the MedSAM protocol) or its class name; absent structures are not scored (NaN);
+* ``dice_present/<class>`` (multilabel, unprompted only): Dice over the cases where the class is present --
   for findings absent from most images, the headline Dice is dominated by correct empty
   predictions (1.0 each); this one is not.
 
@@ -58,6 +60,7 @@ def segment_eval(model: Any, data: str | Path, split: str = "test", *, n_boot: i
     from medvl.models.seg_heads import SegModel
     from medvl.segment.infer import masks_to_label_map, predict_logits, to_masks, write_nifti_mask
     from medvl.segment.model import load_seg_model
+    from medvl.segment.train import bbox_map
 
     # Any nn.Module with SegModel's attributes (task, dims, in_chans, classes, cfg) is scored the same
     # way: the benchmark wraps MONAI's UNet so both are predicted and scored by one code path.
@@ -79,18 +82,30 @@ def segment_eval(model: Any, data: str | Path, split: str = "test", *, n_boot: i
         cases = cases[:max_cases]
     cache = CaseCache(manifest, cases, layout)
     k = len(net.classes)
+    prompt = str(getattr(net, "prompt", "none"))
+    text_emb = net.embed_text(list(net.classes)) if prompt == "text" else None
     scores: dict[str, list[np.ndarray]] = {m: [] for m in sm.METRICS}
     present = []
     capped = 0
     net.eval()
     for i, case in enumerate(cases):
         loaded = cache[i]
-        logits = predict_logits(net, loaded.image, overlap=overlap, device=device)
-        pred = to_masks(net, logits[None], threshold)[0].numpy()
+        if prompt == "none":
+            logits = predict_logits(net, loaded.image, overlap=overlap, device=device)
+            pred = to_masks(net, logits[None], threshold)[0].numpy()
+        else:  # one pass per present structure, prompted by its box / its class name
+            pred = np.zeros_like(loaded.target)
+            for c in range(k):
+                if loaded.target[c].any():
+                    logits = predict_logits(net, loaded.image, overlap=overlap, device=device,
+                                            box_map=bbox_map(loaded.target[c]) if prompt == "box" else None,
+                                            text_embedding=text_emb[c:c + 1] if prompt == "text" else None)
+                    pred[c] = (logits[0].sigmoid() > threshold).numpy()
         s = sm.score_case(pred, loaded.target, spacing=loaded.spacing, tolerance=tolerance)
         capped += int(np.isinf(s.hd95).sum())
         for m in sm.METRICS:
-            scores[m].append(s.get(m))
+            v = s.get(m)
+            scores[m].append(np.where(s.truth_empty, np.nan, v) if prompt != "none" else v)
         present.append(~s.truth_empty)
         if masks_out is not None:
             lm = masks_to_label_map(pred)
@@ -109,7 +124,8 @@ def segment_eval(model: Any, data: str | Path, split: str = "test", *, n_boot: i
     pids = np.array([c.patient_id for c in cases])
     groups = pids if any(pids) else None
     cfg = {"split": split, "nsd_tolerance": tolerance, "threshold": threshold, "overlap": overlap,
-           "task": net.task, "dims": net.dims, "hd95_capped": capped, "n_boot": n_boot, "bootstrap_seed": seed,
+           "task": net.task, "dims": net.dims, "hd95_capped": capped, "prompt": prompt, "n_boot": n_boot,
+           "bootstrap_seed": seed,
            "empty_convention": "both empty: Dice/IoU/NSD 1, HD95 undefined; one empty: HD95 = image diagonal"}
     dataset = dataset or manifest.path.parent.name
     records: list[MetricRecord] = []
@@ -135,7 +151,7 @@ def segment_eval(model: Any, data: str | Path, split: str = "test", *, n_boot: i
             record(f"{m}/{c}", vals[:, j])
             if not np.isnan(vals[:, j]).any():
                 extra[f"{m}/{c}"] = vals[:, j]
-    if net.task == "multilabel":
+    if net.task == "multilabel" and prompt == "none":
         for j, c in enumerate(net.classes):
             v = np.where(pres[:, j], per_case["dice"][:, j], np.nan)
             record(f"dice_present/{c}", v)

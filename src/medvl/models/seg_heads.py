@@ -31,6 +31,7 @@ from torch import nn
 from medvl.errors import ConfigError
 
 HEADS = ("linear", "fpn")
+PROMPTS = ("none", "box", "text")
 FREEZE = ("frozen", "finetune", "last")
 VIT_BLOCKS = 4  # ViT: the number of last blocks fed to the heads (DINOv2's linear probe uses the last 4)
 
@@ -144,19 +145,31 @@ class FPNHead(nn.Module):
     """Light UNet/FPN decoder with skips from every stage (see module doc)."""
 
     def __init__(self, channels: list[int], num_classes: int, dims: int, width: int = 64,
-                 cond_dim: int = 0):
+                 cond_dim: int = 0, prompt_channels: int = 0):
         super().__init__()
         conv = _conv(dims)
         self.lateral = nn.ModuleList([conv(c, width, 1) for c in channels])
+        # Box prompt (MedSAM's interaction as a dense input): the box map, resized to every level, is
+        # projected and added to that level's skip features, so the decoder knows where to look.
+        self.prompt_proj = nn.ModuleList([conv(prompt_channels, width, 1) for _ in channels]) \
+            if prompt_channels else None
         self.fuse = nn.ModuleList([_ConvBlock(dims, 2 * width, width) for _ in channels[:-1]])
         self.top = _ConvBlock(dims, width, width)
         self.out = conv(width, num_classes, 1)
         # FiLM (text/prompt conditioning): scale and shift of the coarsest decoder features.
         self.film = nn.Linear(cond_dim, 2 * width) if cond_dim else None
 
+    def _skip(self, i: int, feat: torch.Tensor, prompt_map: torch.Tensor | None) -> torch.Tensor:
+        x = self.lateral[i](feat)
+        if self.prompt_proj is not None:
+            if prompt_map is None:
+                raise ConfigError("this segmentation head is box-prompted; pass the box map")
+            x = x + self.prompt_proj[i](_resize(prompt_map, tuple(x.shape[2:])))
+        return x
+
     def forward(self, feats: list[torch.Tensor], size: tuple[int, ...],
-                cond: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.top(self.lateral[-1](feats[-1]))
+                cond: torch.Tensor | None = None, prompt_map: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.top(self._skip(len(feats) - 1, feats[-1], prompt_map))
         if self.film is not None:
             if cond is None:
                 raise ConfigError("this segmentation head is prompt-conditioned; pass the prompt embedding")
@@ -164,7 +177,7 @@ class FPNHead(nn.Module):
             view = (cond.shape[0], -1) + (1,) * (x.ndim - 2)
             x = x * (1 + gamma.view(view)) + beta.view(view)
         for i in range(len(feats) - 2, -1, -1):
-            skip = self.lateral[i](feats[i])
+            skip = self._skip(i, feats[i], prompt_map)
             x = self.fuse[i](torch.cat([_resize(x, tuple(skip.shape[2:])), skip], dim=1))
         return _resize(self.out(x), size)
 
@@ -197,12 +210,24 @@ class SegModel(nn.Module):
         self.dims = self.backbone.dims
         self.in_chans = tower_cfg.in_chans
         self.classes = list(config["classes"])
-        self.num_outputs = len(self.classes) + (1 if task == "multiclass" else 0)
+        self.prompt = str(config.get("prompt", "none"))
+        if self.prompt not in PROMPTS:
+            raise ConfigError(f"model.prompt: {self.prompt!r}; valid: {', '.join(PROMPTS)}")
+        # A prompted model answers one question per forward pass ("this box" / "this phrase"): one sigmoid.
+        self.num_outputs = 1 if self.prompt != "none" else len(self.classes) + (1 if task == "multiclass" else 0)
         vit = self.backbone.indices is not None
+        self.text_model: nn.Module | None = None
+        cond_dim = 0
+        if self.prompt == "text":
+            self.text_model = _text_model(config)
+            cond_dim = int(self.text_model.cfg.embed_dim)
         if head == "linear":
+            if self.prompt != "none":
+                raise ConfigError("prompted segmentation needs model.head: fpn (the linear probe takes no prompt)")
             self.head: nn.Module = LinearHead(self.backbone.channels, self.num_outputs, self.dims, vit)
         else:
-            self.head = FPNHead(self.backbone.channels, self.num_outputs, self.dims, int(config.get("width", 64)))
+            self.head = FPNHead(self.backbone.channels, self.num_outputs, self.dims, int(config.get("width", 64)),
+                                cond_dim=cond_dim, prompt_channels=1 if self.prompt == "box" else 0)
         mean, std = config.get("mean"), config.get("std")
         view = (1, -1) + (1,) * self.dims
         self.register_buffer("pixel_mean", None if mean is None else torch.tensor(mean).view(view), persistent=False)
@@ -218,13 +243,26 @@ class SegModel(nn.Module):
         return self.cfg["freeze"] == "frozen"
 
     def train(self, mode: bool = True) -> SegModel:
-        """A frozen backbone stays in eval mode (its normalisation statistics stay pretrained)."""
+        """A frozen backbone (and the text tower) stay in eval mode (normalisation statistics stay pretrained)."""
         super().train(mode)
         if mode and self.encoder_frozen:
             self.backbone.eval()
+        if self.text_model is not None:
+            self.text_model.eval()
         return self
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    @torch.no_grad()
+    def embed_text(self, phrases: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings ``[B, E]`` of the frozen text tower (text-prompted models)."""
+        if self.text_model is None:
+            raise ConfigError("this segmentation model takes no text prompt (model.prompt is not 'text')")
+        tok = self.text_model.tokenizer(list(phrases))
+        dev = self.pixel_mean.device if self.pixel_mean is not None else next(self.parameters()).device
+        emb = self.text_model.encode_text(tok["input_ids"].to(dev), tok["attention_mask"].to(dev))
+        return F.normalize(emb.float(), dim=-1)
+
+    def forward(self, images: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
+        """``prompt``: the box map ``[B, 1, *S]`` (box models) or text embeddings ``[B, E]`` (text models)."""
         if images.shape[1] != self.in_chans:
             raise ConfigError(f"images have {images.shape[1]} channels but the model expects {self.in_chans}")
         x = images
@@ -237,6 +275,10 @@ class SegModel(nn.Module):
                 feats = self.backbone(x)
         else:
             feats = self.backbone(x)
+        if self.prompt == "box":
+            return self.head(feats, tuple(images.shape[2:]), prompt_map=prompt)
+        if self.prompt == "text":
+            return self.head(feats, tuple(images.shape[2:]), cond=prompt)
         return self.head(feats, tuple(images.shape[2:]))
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -247,6 +289,23 @@ class SegModel(nn.Module):
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def _text_model(config: dict[str, Any]) -> nn.Module:
+    """The frozen text half of a medvl CLIP model (its image tower dropped: the backbone holds that)."""
+    from medvl.config import from_dict
+    from medvl.models.clip import CLIPModel
+    from medvl.models.config import ModelConfig
+
+    if not config.get("text_model"):
+        raise ConfigError("a text-prompted segmentation model needs model.encoder to be a medvl CLIP checkpoint "
+                          "with a trained tokenizer (its text tower embeds the prompts)")
+    clip = CLIPModel(from_dict(ModelConfig, dict(config["text_model"])), load_pretrained=False)
+    clip.visual = nn.Identity()
+    clip.image_projection = nn.Identity()
+    for p in clip.parameters():
+        p.requires_grad = False
+    return clip.eval()
 
 
 def tower_config_from_encoder(spec: str, in_chans: int | None = None,
@@ -303,7 +362,7 @@ def tower_config_from_encoder(spec: str, in_chans: int | None = None,
 
 def build_seg_model(encoder: str, classes: list[str], task: str, head: str = "fpn", freeze: str = "finetune",
                     unlocked_layers: int = 1, width: int = 64, in_chans: int | None = None,
-                    image_size: int | None = None) -> SegModel:
+                    image_size: int | None = None, prompt: str = "none") -> SegModel:
     """A :class:`SegModel` on the tower of ``encoder`` (see :func:`tower_config_from_encoder`)."""
     tower_cfg, state = tower_config_from_encoder(encoder, in_chans, image_size)
     mean, std = tower_cfg.pop("mean", None), tower_cfg.pop("std", None)
@@ -314,8 +373,24 @@ def build_seg_model(encoder: str, classes: list[str], task: str, head: str = "fp
         std = std * n
     config = {"encoder": str(encoder), "tower": {**tower_cfg, "mean": None, "std": None}, "mean": mean, "std": std,
               "classes": list(classes), "task": task, "head": head, "freeze": freeze,
-              "unlocked_layers": int(unlocked_layers), "width": int(width)}
+              "unlocked_layers": int(unlocked_layers), "width": int(width), "prompt": prompt}
+    text_state = None
+    if prompt == "text":
+        from pathlib import Path
+
+        from medvl.models.serialization import load_model
+
+        if not Path(encoder).is_dir():
+            raise ConfigError(f"model.prompt=text needs model.encoder to be a medvl CLIP checkpoint, got {encoder!r}")
+        clip = load_model(encoder)
+        if not clip.tokenizer.trained:
+            raise ConfigError(f"model.prompt=text: {encoder} has no trained tokenizer")
+        config["text_model"] = clip.config
+        text_state = {k: v for k, v in clip.state_dict().items()
+                      if not k.startswith(("visual.", "image_projection."))}
     model = SegModel(config, load_pretrained=False)
     if state is not None:
         model.backbone.tower.load_state_dict(state)
+    if text_state is not None and model.text_model is not None:
+        model.text_model.load_state_dict(text_state)
     return model

@@ -85,17 +85,39 @@ def to_masks(model: SegModel, logits: torch.Tensor, threshold: float = 0.5) -> t
 @torch.no_grad()
 def predict_logits(model: SegModel, image: np.ndarray | torch.Tensor, image_size: int | None = None,
                    patch_size: Sequence[int] | None = None, overlap: float = 0.25,
-                   device: str | torch.device = "cpu") -> torch.Tensor:
-    """Logits ``[K(+1), *S]`` at the image's own size for one image ``[C, *S]`` in [0, 1]."""
+                   device: str | torch.device = "cpu", box_map: np.ndarray | None = None,
+                   text_embedding: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits ``[K(+1), *S]`` at the image's own size for one image ``[C, *S]`` in [0, 1].
+
+    Prompted models take ``box_map`` (0/1 ``[*S]`` at the image's size; resized with the image,
+    windowed with the volume) or ``text_embedding`` (``[1, E]``, :meth:`SegModel.embed_text`).
+    """
     x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None].to(device)
     x = _adapt_channels(x, model.in_chans)
+    prompt = getattr(model, "prompt", "none")
+    if prompt == "box" and box_map is None:
+        raise ValueError("a box-prompted model needs box_map")
+    box = None if box_map is None else torch.as_tensor(np.asarray(box_map, dtype=np.float32))[None, None].to(device)
+    cond = None if text_embedding is None else text_embedding.to(device)
+
+    def run(inp: torch.Tensor) -> torch.Tensor:
+        if prompt == "box":
+            return model(inp[:, :-1], inp[:, -1:])
+        if prompt == "text":
+            return model(inp, cond.expand(inp.shape[0], -1) if cond is not None else None)
+        return model(inp)
+
+    if box is not None:
+        x = torch.cat([x, box], dim=1)
     if model.dims == 3:
         roi = tuple(patch_size or model.cfg.get("patch_size") or (32, 32, 32))
-        return sliding_window_logits(x, roi, model, overlap=overlap)[0].cpu()
+        return sliding_window_logits(x, roi, run, overlap=overlap)[0].cpu()
     size = int(image_size or model.cfg.get("image_size") or x.shape[-1])
     h, w = x.shape[-2:]
     inp = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) if (h, w) != (size, size) else x
-    logits = model(inp)
+    if box is not None:
+        inp[:, -1:] = (inp[:, -1:] > 0.5).float()
+    logits = run(inp)
     if (h, w) != (size, size):
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
     return logits[0].cpu()

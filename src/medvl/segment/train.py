@@ -58,6 +58,7 @@ class SegModelSection:
     unlocked_layers: int = 1
     width: int = 64
     in_chans: int | None = None  # timm: specs only
+    prompt: str = "none"  # none | box (MedSAM-style box map) | text (FiLM by the CLIP text embedding)
     init: str | None = None  # a segmentation checkpoint to start from (weights only)
 
 
@@ -71,6 +72,7 @@ class SegDataSection:
     patch_size: list[int] = field(default_factory=lambda: [32, 32, 32])  # 3D training patch
     label_fraction: float = 1.0
     foreground_oversample: float = 0.67
+    box_jitter: float = 0.05  # box prompts: each side moved by up to this fraction of the image size
 
 
 @dataclass
@@ -185,6 +187,56 @@ class BatchMaker:
         return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items]), rows
 
 
+def bbox_map(mask: np.ndarray, rng: np.random.Generator | None = None, jitter: float = 0.0) -> np.ndarray:
+    """0/1 map of the bounding box of a non-empty mask ``[*S]``, each side moved by up to ``jitter * size``.
+
+    The jitter (MedSAM perturbs boxes by 0-20 px) teaches the model that a user's box is loose.
+    """
+    idx = np.nonzero(mask)
+    out = np.zeros(mask.shape, dtype=np.float32)
+    sl = []
+    for axis, size in enumerate(mask.shape):
+        lo, hi = int(idx[axis].min()), int(idx[axis].max()) + 1
+        if rng is not None and jitter > 0:
+            d = int(round(jitter * size))
+            lo = int(np.clip(lo + rng.integers(-d, d + 1), 0, size - 1))
+            hi = int(np.clip(hi + rng.integers(-d, d + 1), lo + 1, size))
+        sl.append(slice(lo, hi))
+    out[tuple(sl)] = 1
+    return out
+
+
+def prompt_batch(model: SegModel, target: torch.Tensor, rng: np.random.Generator, jitter: float,
+                 class_emb: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(prompt, one-channel target) for a prompted model; a pure function of the step's RNG.
+
+    Box: a present class per image, its jittered bounding box (an image without any structure gets a
+    random box and an empty target: "nothing of interest in here"). Text: any class (present or
+    absent), its text embedding; the target is that class's mask, possibly empty.
+    """
+    t = target.numpy()
+    prompts, targets = [], []
+    for b in range(t.shape[0]):
+        present = [c for c in range(t.shape[1]) if t[b, c].any()]
+        if model.prompt == "box":
+            if present:
+                c = int(rng.choice(present))
+                prompts.append(torch.from_numpy(bbox_map(t[b, c], rng, jitter))[None])
+                targets.append(torch.from_numpy(t[b, c:c + 1]))
+            else:
+                fake = np.zeros(t.shape[2:], bool)
+                fake[tuple(slice(int(rng.integers(0, s // 2)), int(rng.integers(s // 2 + 1, s + 1)))
+                           for s in fake.shape)] = True
+                prompts.append(torch.from_numpy(fake.astype(np.float32))[None])
+                targets.append(torch.zeros((1, *t.shape[2:]), dtype=torch.bool))
+        else:
+            assert class_emb is not None
+            c = int(rng.integers(t.shape[1]))
+            prompts.append(class_emb[c].cpu())
+            targets.append(torch.from_numpy(t[b, c:c + 1]))
+    return torch.stack(prompts), torch.stack(targets)
+
+
 def _lr_factor(step: int, cfg: SegOptimSection) -> float:
     from medvl.train.schedule import lr_at
 
@@ -207,7 +259,7 @@ def _param_groups(model: SegModel, cfg: SegTrainConfig) -> list[dict[str, Any]]:
 def build_model_for(cfg: SegTrainConfig, classes: list[str], task: str, dims: int) -> SegModel:
     model = build_seg_model(cfg.model.encoder, classes, task, head=cfg.model.head, freeze=cfg.model.freeze,
                             unlocked_layers=cfg.model.unlocked_layers, width=cfg.model.width,
-                            in_chans=cfg.model.in_chans,
+                            in_chans=cfg.model.in_chans, prompt=cfg.model.prompt,
                             image_size=cfg.data.image_size if cfg.model.encoder.startswith("timm:") else None)
     if model.dims != dims:
         raise ConfigError(f"model.encoder {cfg.model.encoder!r} is a {model.dims}D tower but the data "
@@ -277,15 +329,22 @@ def train_segmentation(cfg: SegTrainConfig, resume: bool = False) -> SegTrainRes
             "classes": layout.classes, "task": layout.task, "values": layout.values}}),
             state, config_dict, keep_last=cfg.keep_last)
 
+    class_emb = model.embed_text(layout.classes) if model.prompt == "text" else None
     model.train()
     for step in range(start, cfg.optim.max_steps):
         images, target, rows = maker(step)
+        prompt = None
+        if model.prompt != "none":
+            prompt, target = prompt_batch(model, target, np.random.default_rng([cfg.seed, step, 1]),
+                                          cfg.data.box_jitter, class_emb)
+            prompt = prompt.to(device)
         images, target = images.to(device), target.to(device)
         factor = _lr_factor(step, cfg.optim)
         for g in optimizer.param_groups:
             g["lr"] = g["base_lr"] * factor
-        logits = model(images)
-        parts = dice_ce_loss(logits, target, layout.task, cfg.loss.dice, cfg.loss.ce)
+        logits = model(images, prompt) if prompt is not None else model(images)
+        task = "multilabel" if model.prompt != "none" else layout.task
+        parts = dice_ce_loss(logits, target, task, cfg.loss.dice, cfg.loss.ce)
         loss = parts["loss"]
         value = float(loss.detach())
         if not math.isfinite(value):
