@@ -5,7 +5,8 @@
   torch when faiss is missing). On datasets with templated reports this is hard to beat, and a
   captioning model that does not beat it has learned nothing beyond retrieval.
 * :func:`normal_reports` -- the most frequent report among normal training studies (no positive
-  label, or only "no finding"), for every study: what a model that ignores the image can reach.
+  label, or only "no finding"; the report labeler decides when the manifest has no labels), for
+  every study: what a model that ignores the image can reach.
 * :func:`template_reports` -- a linear probe on the frozen image embeddings predicts the labels;
   each study's labels are rendered with fixed sentences ("Pleural effusion is present." /
   "No pneumothorax."). It shows how much of a metric a label classifier already earns.
@@ -87,10 +88,24 @@ def is_normal(sample: Sample) -> bool:
     return not pos or pos <= NORMAL_LABELS
 
 
+def reads_normal(text: str) -> bool:
+    """The report labeler finds no positive or uncertain finding (or says "No Finding")."""
+    from medvl.text.labeler import label_report
+
+    labels = label_report(text)
+    findings = {k: v for k, v in labels.items() if k.lower() not in NORMAL_LABELS}
+    return labels.get("No Finding") == 1.0 or not any(v in (1.0, -1.0) for v in findings.values())
+
+
 def most_frequent_normal_report(manifest: Manifest, train_split: str = "train") -> str:
-    """The most frequent report text among normal training studies (ties: first seen)."""
+    """The most frequent report text among normal training studies (ties: first seen).
+
+    Normal means no positive label; a manifest without any labels (report-only data such as IU
+    X-ray) is read by the report labeler instead, so the baseline still picks a normal report.
+    """
     train = _train_rows(manifest, train_split)
-    normal = [s for s in train if is_normal(s)]
+    labelled = any(s.labels for s in manifest.samples)
+    normal = [s for s in train if is_normal(s)] if labelled else [s for s in train if reads_normal(s.text)]
     if not normal:
         raise ManifestError(f"{manifest.path}: no normal study (no positive label, or only 'no finding') with a "
                             f"report in split {train_split!r}; the 'normal' baseline needs one")
