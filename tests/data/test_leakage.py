@@ -142,3 +142,17 @@ def test_hash_cache_reads_no_bytes_the_second_time(trained: dict, tmp_path: Path
     assert n == len(m)
     again = leakage.hash_samples(m)
     assert len(calls) == n and again.by_row == first.by_row
+
+
+def test_a_run_from_shards_records_the_same_content_hashes(trained: dict, tmp_path: Path) -> None:
+    """Tar shards hold each image file's bytes: their record matches the manifest's."""
+    pytest.importorskip("webdataset")
+    from medvl.train.config import DataConfig
+    from medvl.train.data import build_train_data
+    from medvl.train.shards import write_shards
+
+    write_shards(trained["manifest"], tmp_path / "shards", shard_size=5)
+    from_shards = build_train_data(DataConfig(shards=str(tmp_path / "shards"), image_size=32)).training_record()
+    from_manifest = json.loads((trained["ckpt"] / leakage.RECORD_NAME).read_text())
+    assert from_shards["image_sha256"] == from_manifest["image_sha256"]
+    assert from_shards["patient_ids"] == from_manifest["patient_ids"]

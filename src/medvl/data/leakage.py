@@ -111,18 +111,24 @@ def hash_samples(manifest: Manifest, samples: Sequence[Sample] | None = None) ->
     return out
 
 
+def make_record(image_hashes: set[str], patient_ids: set[str], sources: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ``train_data.json`` document: sorted (so it is deterministic and diffable) truncated hashes."""
+    hashes = {h[:HASH_CHARS] for h in image_hashes}
+    return {"format": RECORD_FORMAT, "hash": f"sha256/{HASH_CHARS * 4}", "manifests": sources,
+            "n_images": len(hashes), "image_sha256": sorted(hashes), "patient_ids": sorted(p for p in patient_ids if p)}
+
+
 def build_train_record(manifest: Manifest, samples: Sequence[Sample], split: str) -> dict[str, Any]:
     """The training record of ``samples`` (the rows the trainer may draw) of ``manifest``."""
     hashes = hash_samples(manifest, samples)
-    return {
-        "format": RECORD_FORMAT,
-        "hash": f"sha256/{HASH_CHARS * 4}",
-        "manifests": [{"path": str(manifest.path.resolve()), "sha256": file_hash(manifest.path), "split": split,
-                       "rows": len(samples), "dataset": manifest.card.name if manifest.card else ""}],
-        "n_images": len(hashes.all()),
-        "image_sha256": sorted(hashes.all()),
-        "patient_ids": sorted({s.patient_id for s in samples if s.patient_id}),
-    }
+    source = {"path": str(manifest.path.resolve()), "sha256": file_hash(manifest.path), "split": split,
+              "rows": len(samples), "dataset": manifest.card.name if manifest.card else ""}
+    return make_record(hashes.all(), {s.patient_id for s in samples}, [source])
+
+
+def bytes_hash(data: bytes) -> str:
+    """The content hash of bytes already in memory (tar shards hold each image file's exact bytes)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_train_record(directory: str | Path, record: dict[str, Any] | None) -> Path | None:
@@ -179,7 +185,7 @@ def model_leakage(model: str | Path, manifest: Manifest | None, split: str, *, w
     any evaluated image or patient was seen."""
     rec_path = find_train_record(model)
     if rec_path is None:
-        reason = ("the checkpoint has no training-data record (trained before records existed, or from shards)"
+        reason = ("the checkpoint has no training-data record (trained before medvl wrote one)"
                   if Path(str(model).removeprefix("medvl:")).is_dir()
                   else "not a medvl checkpoint: its pretraining data is unknown to medvl")
         return {"checked": False, "reason": reason}

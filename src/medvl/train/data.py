@@ -59,10 +59,21 @@ class TrainData:
     def training_record(self) -> dict[str, Any] | None:
         """What this run trains on, for the pretraining-evaluation leakage check: the content hashes and
         patient ids of the rows the sampler may draw (:mod:`medvl.data.leakage`). Computed once (through
-        the file-hash cache); None for tar shards (no manifest rows to hash)."""
+        the file-hash cache). Tar shards hold each image's file bytes, so their record hashes those (the
+        first view of each row: shards index one image per row)."""
         manifest = getattr(self.dataset, "manifest", None)
+        if manifest is None and self._record is None and hasattr(self.dataset, "entries"):
+            from medvl.data.leakage import bytes_hash, make_record
+            from medvl.train.shards import read_index
+
+            used = [self.dataset.entries[i] for i in self.indices]
+            hashes = {bytes_hash(self.dataset._image_bytes(e)) for e in used}
+            source = {"path": str(read_index(self.dataset.directory).get("manifest", "")),
+                      "shards": str(self.dataset.directory), "rows": len(used)}
+            self._record = make_record(hashes, {str(e.get("patient_id") or "") for e in used}, [source])
+            return self._record
         if manifest is None:
-            return None
+            return self._record
         if self._record is None:
             from medvl.data.leakage import build_train_record
 
