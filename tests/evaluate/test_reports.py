@@ -130,3 +130,30 @@ def test_cli_and_paired_compare(data: dict[str, Path], capsys: pytest.CaptureFix
     same = {t.metric: t for t in compare_files(a, a, n_boot=50).tests}
     assert same["bleu4"].delta == 0 and same["rouge_l"].delta == 0
     run(["eval", "compare", str(a), str(b), "--n-boot", "50"])
+
+
+def test_bad_options_and_meteor_without_java(data: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    preds = {f"s{i}": "No effusion." for i in range(16)}
+    with pytest.raises(MedvlError, match="uncertain_as"):
+        evaluate_reports(preds, data["manifest"], split="test", uncertain_as="maybe", n_boot=0)
+    with pytest.raises(MedvlError, match="section must be"):
+        evaluate_reports(preds, data["manifest"], split="test", section="history", n_boot=0)
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(MedvlError, match="--meteor: METEOR needs"):
+        evaluate_reports(preds, data["manifest"], split="test", meteor=True, n_boot=0)
+
+
+@pytest.mark.slow
+def test_meteor_through_pycocoevalcap(data: dict[str, Path]) -> None:
+    """METEOR 1.5 (Java, ~30 s to start): the record holds the jar's corpus score and a CI."""
+    from medvl.text.metrics import meteor_unavailable
+
+    if meteor_unavailable():
+        pytest.skip(meteor_unavailable())
+    preds = read_predictions(data["good"])
+    (res,) = evaluate_reports(preds, data["manifest"], split="test", meteor=True, n_boot=50)
+    rec = next(r for r in res.records if r.metric == "meteor")
+    assert 0 < rec.value <= 1 and rec.ci_low is not None and "corpus aggregate" in rec.config["meteor"]
+    assert res.predictions is not None and res.predictions.extra["meteor"].shape == (16,)

@@ -25,15 +25,18 @@ def reports_cmd(
     section: str = typer.Option("all", "--section", help="Text the CE labeler reads: all, findings or impression."),
     uncertain_as: str = typer.Option("negative", "--uncertain-as", help="CE: count uncertain labels as negative "
                                      "(R2Gen) or positive."),
+    meteor: bool = typer.Option(False, "--meteor", help="Also METEOR 1.5 (needs pycocoevalcap and Java; slow to "
+                                "start)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patients resampled) for the 95% CIs."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
 ) -> None:
-    """BLEU-1..4, ROUGE-L, CIDEr-D and clinical efficacy (CheXpert-style labels, P/R/F1 micro/macro)."""
+    """BLEU-1..4, ROUGE-L, CIDEr-D, clinical efficacy (CheXpert-style labels, P/R/F1 micro/macro), optionally
+    METEOR; every metric with a patient-level 95% bootstrap CI."""
     from medvl.evaluate.reports import evaluate_reports, read_predictions
     from medvl.evaluate.results import records_table, save_results
 
     runs = evaluate_reports(read_predictions(pred), data, split=split, model_name=model_name or pred.stem,
-                            n_boot=n_boot, seed=seed, section=section, uncertain_as=uncertain_as)
+                            n_boot=n_boot, seed=seed, section=section, uncertain_as=uncertain_as, meteor=meteor)
     console.print(records_table([r for run in runs for r in run.records], title=f"reports: {pred.name} vs {data}"))
     if out is not None:
         path = save_results(runs, out)

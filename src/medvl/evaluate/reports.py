@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from medvl.errors import ManifestError, MedvlError
+from medvl.errors import ConfigError, ManifestError, MedvlError
 from medvl.evaluate.results import EvalResult, MetricRecord, Predictions, _clean
 from medvl.evaluate.stats import DEFAULT_N_BOOT, GroupResampler, PairedTest, _paired_p_value, _percentile_interval
 from medvl.text.labeler import CHEXPERT_CLASSES, get_labeler
@@ -159,7 +159,7 @@ def _per_class(arr: Mapping[str, np.ndarray], classes: Sequence[str]) -> dict[st
 def evaluate_reports(predictions: dict[str, str], manifest: Any, *, split: str | None = None, model_name: str = "",
                      dataset: str = "", n_boot: int = DEFAULT_N_BOOT, seed: int = 0, card: Any = None,
                      classes: Sequence[str] | None = None, section: str = "all",
-                     uncertain_as: str = "negative") -> list[EvalResult]:
+                     uncertain_as: str = "negative", meteor: bool = False) -> list[EvalResult]:
     """Score ``predictions`` (study id -> generated report) against the manifest's reports.
 
     Every study of the manifest (of ``split`` when given) needs a prediction and every prediction
@@ -168,7 +168,21 @@ def evaluate_reports(predictions: dict[str, str], manifest: Any, *, split: str |
     :data:`REPORT_METRICS` with its patient-level 95% bootstrap CI, and per-sample arrays for
     ``medvl eval compare``. CE uses ``classes`` (default: the 14 CheXpert observations), the labeler
     on ``section`` of both texts, and counts uncertain labels as ``uncertain_as``.
+
+    ``meteor=True`` adds METEOR 1.5 (needs pycocoevalcap and Java; an error says which is missing).
+    Its value is the jar's corpus aggregate, as papers report it; its CI is a patient bootstrap of the
+    mean segment score (the jar cannot be re-run per replicate), stated in the record's config.
     """
+    if uncertain_as not in ("negative", "positive"):
+        raise ConfigError(f"uncertain_as must be 'negative' or 'positive', got {uncertain_as!r}")
+    if section not in ("all", "findings", "impression"):
+        raise ConfigError(f"section must be all, findings or impression, got {section!r}")
+    if meteor:
+        from medvl.text.metrics import meteor_unavailable
+
+        why = meteor_unavailable()
+        if why:
+            raise MedvlError(f"--meteor: {why}")
     ids, refs, patients, rows, m = report_references(manifest, split, card)
     where = f"{m.path}" + (f" split {split!r}" if split else "")
     from medvl.data.manifest import load_manifest
@@ -187,32 +201,46 @@ def evaluate_reports(predictions: dict[str, str], manifest: Any, *, split: str |
         "ce_ref": np.array([[binarize(d[c], uncertain_as) for c in classes] for d in ref_lab], dtype=np.float32),
     }
     point = _values(arr)
+    names = list(REPORT_METRICS)
+    if meteor:
+        from medvl.text.metrics import meteor as meteor_score
+
+        met = meteor_score(preds, refs)
+        arr["meteor"] = np.array(met["per_sample"], dtype=np.float64)
+        point["meteor"] = met["meteor"]
+        names.insert(6, "meteor")
     res = GroupResampler(len(ids), patients)
-    reps = {k: np.full(n_boot, np.nan) for k in REPORT_METRICS}
+    reps = {k: np.full(n_boot, np.nan) for k in names}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for b, idx in enumerate(res.replicates(n_boot, seed)):
             for k, v in _values(arr, idx).items():
                 reps[k][b] = v
+            if meteor:
+                reps["meteor"][b] = float(np.mean(arr["meteor"][idx]))
     per_class = _per_class(arr, classes)
     config = {"n_boot": n_boot, "bootstrap_seed": seed, "section": section, "uncertain_as": uncertain_as,
               "tokenizer": "medvl.text.metrics.tokenize"}
     split_name = split or ",".join(m.splits)
     dataset = dataset or (m.card.name if m.card else m.path.stem)
     records = []
-    for k in REPORT_METRICS:
+    for k in names:
         lo, hi, _ = _percentile_interval(reps[k], 0.95) if n_boot else (None, None, 0)
         pc = None
         if k.startswith("ce_"):
             metric = k.split("_")[1]
             pc = {c: per_class[c][metric] for c in classes}
+        conf = dict(config)
+        if k == "meteor":
+            conf["meteor"] = ("METEOR 1.5 via pycocoevalcap's jar: value = corpus aggregate; CI = patient bootstrap "
+                              "of the mean segment score")
         records.append(MetricRecord(model=model_name, task=TASK, dataset=dataset, split=split_name, metric=k,
                                     value=point[k], ci_low=lo, ci_high=hi, n=len(ids), n_groups=res.n_groups,
-                                    config=dict(config), classes=list(classes), per_class=_clean(pc)))
+                                    config=conf, classes=list(classes), per_class=_clean(pc)))
     p = Predictions(ids=np.array(ids), scores=arr["ce_pred"], labels=arr["ce_ref"], label_task="", classes=classes,
                     patient_ids=np.array(patients), rows=np.array(rows), meta={
                         "model": model_name, "task": TASK, "dataset": dataset, "split": split_name, "config": config},
-                    extra={"bleu_stats": arr["bleu_stats"], "rouge_l": arr["rouge_l"], "cider_d": arr["cider_d"]})
+                    extra={k: arr[k] for k in ("bleu_stats", "rouge_l", "cider_d", "meteor") if k in arr})
     return [EvalResult(records=records, predictions=p)]
 
 

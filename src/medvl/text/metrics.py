@@ -20,8 +20,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["tokenize", "bleu", "bleu_from_stats", "rouge_l", "cider_d", "clinical_efficacy", "ce_from_counts",
-           "binarize"]
+__all__ = ["tokenize", "bleu", "bleu_from_stats", "rouge_l", "cider_d", "meteor", "meteor_unavailable",
+           "clinical_efficacy", "ce_from_counts", "binarize"]
 
 _TOKEN = re.compile(r"[a-z0-9]+(?:[.'][a-z0-9]+)*")
 _TINY, _SMALL = 1e-15, 1e-9
@@ -185,6 +185,45 @@ def cider_d(preds: Sequence[str], refs: Sequence[Any], n: int = 4, sigma: float 
                 acc[k] += val * math.e ** (-(delta ** 2) / (2 * sigma ** 2))
         scores.append(sum(acc) / n / len(rs) * 10.0)
     return {"cider_d": sum(scores) / len(scores) if scores else float("nan"), "per_sample": scores}
+
+
+# ----------------------------------------------------------------------------- METEOR (optional)
+def meteor_unavailable() -> str | None:
+    """Why :func:`meteor` cannot run here, or None when it can.
+
+    METEOR 1.5 is a Java program (with WordNet-derived paraphrase tables) that pycocoevalcap ships as a
+    jar; no pure-Python implementation reproduces it, and NLTK's variant needs WordNet data downloaded
+    at run time. So METEOR is computed only where ``pycocoevalcap`` is installed and ``java`` is on PATH.
+    """
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("pycocoevalcap") is None:
+        return "METEOR needs the pycocoevalcap package (pip install pycocoevalcap), which ships the METEOR 1.5 jar"
+    if shutil.which("java") is None:
+        return "METEOR needs a Java runtime on PATH (the METEOR 1.5 jar shipped by pycocoevalcap is Java)"
+    return None
+
+
+def meteor(preds: Sequence[str], refs: Sequence[Any]) -> dict[str, Any]:
+    """METEOR 1.5 through pycocoevalcap's jar on :func:`tokenize`-d text: the corpus score (``"meteor"``,
+    the jar's aggregate, as papers report it) and ``"per_sample"`` segment scores.
+
+    Raises RuntimeError naming what is missing (see :func:`meteor_unavailable`). Slow to start (the JVM
+    loads the paraphrase table, ~10-30 s).
+    """
+    _check(preds, refs)
+    why = meteor_unavailable()
+    if why:
+        raise RuntimeError(why)
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    gts = {i: [" ".join(t) for t in _refs_list(r)] for i, r in enumerate(refs)}
+    res = {i: [" ".join(_tokens(p)) or "empty"] for i, p in enumerate(preds)}
+    scorer = Meteor()
+    corpus, per = scorer.compute_score(gts, res)
+    del scorer  # its __del__ stops the JVM
+    return {"meteor": float(corpus), "per_sample": [float(x) for x in per]}
 
 
 # ----------------------------------------------------------------------------- clinical efficacy
