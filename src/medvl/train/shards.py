@@ -10,6 +10,17 @@ trainer reads them as a *map-style* dataset (seek + read), so data order, resume
 are exactly those of a manifest run (a pure function of seed and epoch). The images keep their
 original encoding (PNG/JPEG/DICOM/NIfTI...) and are decoded by the same reader as the manifest
 path, so both give the same pixels.
+
+Where the shards live: a local directory or any fsspec URL (``http(s)://host/dir``,
+``s3://bucket/dir`` with s3fs, ``gs://bucket/dir`` with gcsfs). Two ways to read them:
+
+* :class:`ShardDataset` (what ``data.shards`` trains from): random access, one byte-range read per
+  sample (a ``Range`` request over HTTP/S3), so the trainer's order, resume and DDP slicing apply;
+* :class:`ShardStream`: sequential streaming, one GET per shard, shards shuffled per epoch and a
+  seeded shuffle buffer, for object stores where per-sample requests are too slow. Its order is
+  a pure function of (index, seed, epoch, buffer), computed from ``index.json`` alone, so
+  ``state_dict()`` (epoch, position) resumes at the exact sample, reading only the shards that
+  still hold unread samples.
 """
 
 from __future__ import annotations
@@ -107,11 +118,39 @@ def write_shards(manifest: str | Path, out: str | Path, shard_size: int = 1000,
     return index
 
 
+def is_url(location: str | Path) -> bool:
+    """True for ``scheme://...`` locations (read with fsspec), False for local paths."""
+    return "://" in str(location) and not str(location).startswith("file://")
+
+
+def join_location(base: str | Path, name: str) -> str | Path:
+    """``base/name`` for a local directory (a Path) or a URL (a string)."""
+    if is_url(base):
+        return str(base).rstrip("/") + "/" + name
+    return Path(str(base).removeprefix("file://")) / name
+
+
+def read_bytes(location: str | Path, start: int | None = None, size: int | None = None) -> bytes:
+    """Whole file, or ``size`` bytes from ``start``, from a local path or an fsspec URL (one range read)."""
+    if is_url(location):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(str(location))
+        if start is None:
+            return bytes(fs.cat_file(path))
+        return bytes(fs.cat_file(path, start=start, end=start + int(size or 0)))
+    with open(location, "rb") as f:
+        if start is not None:
+            f.seek(start)
+            return f.read(size)
+        return f.read()
+
+
 def read_index(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / INDEX
+    path = join_location(directory, INDEX)
     try:
-        index = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        index = json.loads(read_bytes(path))
+    except (OSError, ValueError, ImportError) as exc:
         raise ManifestError(f"{path}: cannot read the shard index ({exc}); write shards with `medvl data shards`") \
             from exc
     if index.get("format") != FORMAT:
@@ -127,10 +166,10 @@ class ShardDataset(Dataset):
                  std: tuple[float, ...] | None = (0.5,), seed: int = 0, resize_mode: str = "pad"):
         from medvl.data.transforms import build_transforms
 
-        self.directory = Path(directory)
+        self.directory = directory if is_url(directory) else Path(str(directory).removeprefix("file://"))
         index = read_index(self.directory)
         self.classes = list(index["classes"])
-        self.shards = [self.directory / s["name"] for s in index["shards"]]
+        self.shards = [join_location(self.directory, s["name"]) for s in index["shards"]]
         self.entries = [e for e in index["samples"] if split is None or e["split"] == split]
         if not self.entries:
             splits = sorted({e["split"] for e in index["samples"]})
@@ -156,14 +195,16 @@ class ShardDataset(Dataset):
         self.epoch = int(epoch)
 
     def _image_bytes(self, e: dict[str, Any]) -> bytes:
-        with open(self.shards[e["shard"]], "rb") as f:
-            f.seek(e["offset"])
-            data = f.read(e["size"])
+        try:
+            data = read_bytes(self.shards[e["shard"]], e["offset"], e["size"])
+        except (OSError, ValueError) as exc:
+            raise ImageReadError(self.shards[e["shard"]], f"cannot read sample {e['key']} (row {e['row']}): "
+                                                          f"{exc}") from exc
         if len(data) != e["size"]:
             raise ImageReadError(self.shards[e["shard"]], f"truncated shard (sample {e['key']}, row {e['row']})")
         return data
 
-    def _decode(self, e: dict[str, Any]) -> torch.Tensor:
+    def _decode(self, e: dict[str, Any], data: bytes | None = None) -> torch.Tensor:
         from medvl.data.cache import decode_uint8
         from medvl.data.transforms import prepare_uint8
 
@@ -172,7 +213,7 @@ class ShardDataset(Dataset):
         if self._tmpdir is None:
             self._tmpdir = tempfile.TemporaryDirectory(prefix="medvl-shard-")
         scratch = Path(self._tmpdir.name) / f"{os.getpid()}.{e['image'].split('.', 1)[1]}"
-        scratch.write_bytes(self._image_bytes(e))
+        scratch.write_bytes(self._image_bytes(e) if data is None else data)
         try:
             arr, dims = decode_uint8(scratch)
         except ImageReadError as exc:
@@ -180,10 +221,14 @@ class ShardDataset(Dataset):
         return prepare_uint8(arr, self.image_size, self.channels, self.resize_mode, dims)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.sample(index)
+
+    def sample(self, index: int, data: bytes | None = None) -> dict[str, Any]:
+        """Sample ``index`` (decoded, transformed); ``data``: its image bytes when already read."""
         e = self.entries[index]
         labels = torch.tensor([0.0 if v is None else v for v in e["labels"]], dtype=torch.float32)
         mask = torch.tensor([0.0 if v is None else 1.0 for v in e["labels"]], dtype=torch.float32)
-        sample = {"image": self._decode(e), "text": e["text"], "labels": labels, "label_mask": mask,
+        sample = {"image": self._decode(e, data), "text": e["text"], "labels": labels, "label_mask": mask,
                   "index": index, "row": e["row"], "patient_id": e["patient_id"]}
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
         return self.transform(sample, torch.Generator().manual_seed(int(state)))
@@ -192,3 +237,123 @@ class ShardDataset(Dataset):
         state = dict(self.__dict__)
         state["_tmpdir"] = None
         return state
+
+
+def shard_read_order(num_shards: int, seed: int, epoch: int) -> list[int]:
+    """The seeded order in which :class:`ShardStream` reads the shards in ``epoch``."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 1]))
+    return [int(i) for i in rng.permutation(num_shards)]
+
+
+def stream_order(shard_entries: list[list[int]], seed: int, epoch: int, buffer: int) -> list[int]:
+    """The order in which :class:`ShardStream` emits entries in ``epoch``: a pure function.
+
+    Shards are read in a seeded random order, each one front to back; samples pass through a
+    shuffle buffer of ``buffer`` slots (WebDataset's ``shuffle``: fill, then emit a random slot and
+    put the next sample there; drain at the end). ``shard_entries[i]`` lists, in file order, the
+    entries of shard ``i``. ``buffer=1`` keeps the read order.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 2]))
+    out: list[int] = []
+    slots: list[int] = []
+    for sh in shard_read_order(len(shard_entries), seed, epoch):
+        for e in shard_entries[sh]:
+            if len(slots) < buffer:
+                slots.append(e)
+                continue
+            k = int(rng.integers(len(slots)))
+            out.append(slots[k])
+            slots[k] = e
+    while slots:
+        out.append(slots.pop(int(rng.integers(len(slots)))))
+    return out
+
+
+class ShardStream(torch.utils.data.IterableDataset):
+    """Stream shards sequentially (one GET per shard) through a seeded shuffle buffer, resumable.
+
+    Samples, pixels and augmentation are those of :class:`ShardDataset` (same index, same
+    per-sample seeds); only the order differs: :func:`stream_order`. With ``world_size`` ranks,
+    rank ``r`` takes stream positions ``r, r + world_size, ...`` (every sample once per epoch
+    over all ranks). ``state_dict()`` is ``{"epoch", "position"}`` (global stream positions
+    consumed); loading it and iterating continues at exactly the next sample. Each iteration
+    covers the rest of the current epoch and then advances it. Memory: at most ``buffer`` raw
+    images are held. Use with ``num_workers=0`` (one ordered stream); decoding is per sample.
+    """
+
+    def __init__(self, source: str | Path, split: str | None = "train", buffer: int = 1000, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, **dataset_kwargs: Any):
+        super().__init__()
+        if buffer < 1:
+            raise ManifestError(f"shuffle buffer must be >= 1, got {buffer}")
+        self.dataset = ShardDataset(source, split=split, seed=seed, **dataset_kwargs)
+        self.buffer, self.seed, self.rank, self.world_size = int(buffer), int(seed), int(rank), int(world_size)
+        by_shard: list[list[int]] = [[] for _ in self.dataset.shards]
+        for i, e in enumerate(self.dataset.entries):
+            by_shard[e["shard"]].append(i)
+        self.shard_entries = by_shard
+        self.epoch, self.position = 0, 0
+
+    def __len__(self) -> int:  # this rank's samples per epoch
+        n = len(self.dataset)
+        return n // self.world_size + (1 if self.rank < n % self.world_size else 0)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def order(self, epoch: int | None = None) -> list[int]:
+        return stream_order(self.shard_entries, self.seed, self.epoch if epoch is None else epoch, self.buffer)
+
+    def __iter__(self) -> Any:
+        import tarfile as _tar
+
+        order = self.order()
+        self.dataset.set_epoch(self.epoch)
+        wanted = {order[p]: p for p in range(self.position, len(order)) if p % self.world_size == self.rank}
+        todo = sorted(wanted.values())
+        held: dict[int, bytes] = {}
+        nxt = 0
+        key_to_entry = {self.dataset.entries[i]["key"]: i for i in wanted}
+        for sh in shard_read_order(len(self.shard_entries), self.seed, self.epoch):
+            if nxt >= len(todo):
+                break
+            if not any(i in wanted for i in self.shard_entries[sh]):
+                continue  # nothing left to read in this shard (already consumed before a resume)
+            url = self.dataset.shards[sh]
+            stream = _open_stream(url)
+            try:
+                with _tar.open(fileobj=stream, mode="r|") as tf:
+                    for m in tf:
+                        key, _, field = m.name.partition(".")
+                        i = key_to_entry.get(key)
+                        if i is None or field != self.dataset.entries[i]["image"]:
+                            continue
+                        f = tf.extractfile(m)
+                        held[i] = f.read() if f is not None else b""
+                        while nxt < len(todo) and order[todo[nxt]] in held:
+                            p = todo[nxt]
+                            sample = self.dataset.sample(order[p], held.pop(order[p]))
+                            nxt += 1
+                            self.position = p + 1
+                            yield sample
+            except (OSError, _tar.TarError) as exc:
+                raise ImageReadError(url, f"cannot stream shard: {exc}") from exc
+            finally:
+                stream.close()
+        if nxt < len(todo):
+            missing = self.dataset.entries[order[todo[nxt]]]
+            raise ManifestError(f"{self.dataset.directory}: sample {missing['key']} (row {missing['row']}) is in "
+                                f"the index but not in {self.dataset.shards[missing['shard']]}")
+        self.epoch, self.position = self.epoch + 1, 0
+
+
+def _open_stream(location: str | Path) -> Any:
+    """A sequential binary stream of a local file or an fsspec URL (no seeking needed)."""
+    if is_url(location):
+        import fsspec
+
+        return fsspec.open(str(location), "rb", block_size=1 << 22).open()
+    return open(location, "rb")
