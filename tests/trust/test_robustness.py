@@ -111,3 +111,14 @@ def test_finetune_protocol_scores_every_corrupted_copy(toy: dict) -> None:
     assert r.protocol == "finetune" and len(r.cells) == 2 and r.predictions.n == 32
     assert r.config["head"]["epochs_run"] == 1 and r.in_site == "A"
     assert r.calibration is not None and not r.calibration.notes  # temperature fitted on the val predictions
+
+
+def test_manifest_without_sites_says_so(toy: dict) -> None:
+    from medvl.data.manifest import write_manifest
+
+    rows = [{k: v for k, v in r.items() if k != "site"} for r in toy["rows"]]
+    path = write_manifest(rows, toy["root"] / "manifest_nosite.csv")
+    r = robustness_eval(str(toy["model"]), path, "zeroshot", corruptions=["gamma"], severities=[1], n_boot=0,
+                        extras=())
+    assert r.sites == [] and "no site column" in r.site_note
+    assert np.isnan(r.clean.low)  # n_boot=0: no interval, and none is faked

@@ -564,6 +564,8 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
     distinct = sorted(set(sites))
     if not site_shift:
         report.site_note = "site shift not requested"
+    elif distinct == ["(blank)"]:
+        report.site_note = "the manifest has no site column (or it is blank): no site shift measured"
     elif len(distinct) < 2:
         report.site_note = (f"one site only in split {split!r} ({distinct[0] if distinct else 'none'}): "
                             "no site shift measured")
