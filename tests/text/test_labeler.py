@@ -128,29 +128,34 @@ def test_real_iu_reports_label_without_error(shared_data) -> None:
     assert by_id["1810"]["Pleural Effusion"] == 0.0 and by_id["1810"]["No Finding"] == 1.0
 
 
-def _hand_labels() -> dict[str, dict[str, float | None]]:
+def _hand_labels(name: str = "iu_hand_labels.csv") -> dict[str, dict[str, float | None]]:
     import csv
     from pathlib import Path
 
-    path = Path(__file__).parent / "data" / "iu_hand_labels.csv"
+    path = Path(__file__).parent / "data" / name
     rows = csv.DictReader(line for line in path.read_text().splitlines() if not line.startswith("#"))
     return {r["id"]: {c: float(r[c]) if r[c] else None for c in CHEXPERT_CLASSES} for r in rows}
 
 
-def test_hand_label_file_is_consistent() -> None:
-    hand = _hand_labels()
-    assert len(hand) == 50
-    for rid, labels in hand.items():
+def test_hand_label_files_are_consistent() -> None:
+    dev, held = _hand_labels(), _hand_labels("iu_hand_labels_heldout.csv")
+    assert len(dev) == 50 and len(held) == 30 and not set(dev) & set(held)
+    for rid, labels in {**dev, **held}.items():
         others = [v for c, v in labels.items() if c not in ("No Finding", "Support Devices")]
         expected = None if any(v in (1.0, -1.0) for v in others) else 1.0
         assert labels["No Finding"] == expected, rid  # the CheXpert rule holds in the hand labels too
 
 
-def test_agreement_with_hand_labels_on_real_reports(shared_data) -> None:
-    """The 50 hand-labelled IU reports (see benchmarks/report_labeler.py for the full table)."""
+@pytest.mark.parametrize("name, min_exact, min_pos, min_neg, min_unc", [
+    ("iu_hand_labels.csv", 0.97, 0.9, 0.97, 0.7),  # development set: rules were revised after reading it
+    ("iu_hand_labels_heldout.csv", 0.95, 0.75, 0.97, 0.6),  # held out: labelled blind, never used to tune
+])
+def test_agreement_with_hand_labels_on_real_reports(shared_data, name: str, min_exact: float, min_pos: float,
+                                                    min_neg: float, min_unc: float) -> None:
+    """Hand-labelled IU reports (see benchmarks/report_labeler.py for the per-class table)."""
     data = json.loads((shared_data / "real" / "iu_xray_reports" / "reports.json").read_text())
     reports = {r["id"]: r["report"] for split in ("train", "val") for r in data[split]}
-    hand = _hand_labels()
+    hand = _hand_labels(name)
     pairs = [(label_report(reports[i])[c], hand[i][c]) for i in hand for c in CHEXPERT_CLASSES if c != "No Finding"]
     exact = sum(p == h for p, h in pairs) / len(pairs)
 
@@ -158,4 +163,4 @@ def test_agreement_with_hand_labels_on_real_reports(shared_data) -> None:
         tp = sum(p == value and h == value for p, h in pairs)
         return 2 * tp / (sum(p == value for p, _ in pairs) + sum(h == value for _, h in pairs))
 
-    assert exact >= 0.97 and f1(1.0) >= 0.9 and f1(0.0) >= 0.97 and f1(-1.0) >= 0.7
+    assert exact >= min_exact and f1(1.0) >= min_pos and f1(0.0) >= min_neg and f1(-1.0) >= min_unc
