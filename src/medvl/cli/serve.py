@@ -124,6 +124,8 @@ def serve(
     max_batch: int = typer.Option(16, "--max-batch", help="Micro-batch: most requests per forward pass."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="Micro-batch: longest wait to fill a batch."),
     device: str = typer.Option("cpu", "--device", help="Torch device for the encoder (cpu, cuda...)."),
+    seg_model: Path | None = typer.Option(None, "--seg-model", help="A `medvl train-seg` checkpoint for box (or "
+                                                                   "trained text) prompts of POST /v1/segment."),
     threads: int = typer.Option(1, "--threads", min=1,
                                 help="Torch/FAISS CPU threads per forward pass. Concurrency comes from batching; "
                                      "intra-op threads mostly add barrier waits for small models on shared CPUs."),
@@ -149,7 +151,7 @@ def serve(
     encoder = load_encoder(model or case_index.meta.model, device=device)
     settings = ServeSettings(token=token or None, max_upload_mb=max_upload_mb, max_batch=max_batch,
                              max_wait_ms=max_wait_ms)
-    application = create_app(encoder, case_index, load_card(card) if card else None, settings)
+    application = create_app(encoder, case_index, load_card(card) if card else None, settings, seg_model=seg_model)
     console.print(f"medvl serving {case_index.meta.count} cases ({case_index.meta.kind}) with "
                   f"{getattr(encoder, 'name', model)} on http://{host}:{port}/ "
                   f"({'token required' if token else 'no token'}; docs at /docs)", highlight=False, soft_wrap=True)

@@ -386,13 +386,19 @@ def _form_int(fields: dict[str, str], name: str, default: int, lo: int, hi: int)
 
 # ------------------------------------------------------------------------------ the app
 def create_app(encoder: Any, index_dir: str | Path | CaseIndex | None = None, card: DatasetCard | None = None,
-               settings: ServeSettings | None = None, report_writer: Any = "auto") -> FastAPI:
+               settings: ServeSettings | None = None, report_writer: Any = "auto", seg_model: Any = None) -> FastAPI:
     """Build the service around a loaded ``encoder`` and an index directory (optional).
 
     ``card`` defaults to the card stored with the index; zero-shot needs a card and a text tower.
     ``report_writer`` (a :class:`medvl.generate.Captioner`) serves ``POST /v1/report``; ``"auto"``
     finds the caption decoder of the served medvl checkpoint, if it was trained with one.
+    ``seg_model`` (a ``medvl train-seg`` checkpoint dir or model) serves box / trained-text prompts of
+    ``POST /v1/segment``; text prompts also work without it (zero-shot grounding maps).
     """
+    if isinstance(seg_model, (str, Path)):
+        from medvl.segment.model import load_seg_model
+
+        seg_model = load_seg_model(seg_model)
     settings = settings or ServeSettings()
     index = (index_dir if isinstance(index_dir, CaseIndex)
              else CaseIndex.open(index_dir) if index_dir is not None else None)
@@ -557,12 +563,42 @@ def create_app(encoder: Any, index_dir: str | Path | CaseIndex | None = None, ca
         return ReportResponse(model=service.model_name, report=report_writer.decode_tokens(gen.tokens),
                               finished=gen.finished, method=method, image=_image_info(decoded))  # type: ignore[arg-type]
 
+    segment_multipart = _file_schema({
+        "text": {"type": "string", "description": "a phrase, e.g. 'left pleural effusion'"},
+        "box": {"type": "string", "description": "x0,y0,x1,y1 in the image's pixels"},
+        "threshold": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5},
+    })
+
+    @app.post("/v1/segment", responses=_ERRORS, tags=["api"], openapi_extra=_openapi_body(None, segment_multipart))
+    async def segment(request: Request) -> dict[str, Any]:
+        """Mask of what a text phrase or a box points at on an uploaded image: PNG (base64) + summary."""
+        from medvl.segment.service import mask_png, parse_box, segment_picture
+
+        if _media(request) != "multipart/form-data":
+            raise HTTPException(415, "segment takes multipart/form-data with a 'file' part and 'text' or 'box'")
+        data, fields = await _read_upload(request, settings)
+        try:
+            box = parse_box(fields["box"]) if fields.get("box") else None
+            threshold = float(fields.get("threshold") or 0.5)
+        except (MedvlError, ValueError) as exc:
+            raise HTTPException(422, str(exc)) from exc
+        decoded = await _decode(data)
+        try:
+            mask, summary = await run_in_threadpool(segment_picture, decoded.pixels, encoder=encoder,
+                                                    seg_model=seg_model, text=fields.get("text") or None, box=box,
+                                                    threshold=threshold)
+        except MedvlError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {"model": service.model_name, "summary": summary, "image": _image_info(decoded).model_dump(),
+                "mask_png": base64.b64encode(mask_png(mask)).decode("ascii")}
+
     # -- middleware (last added = outermost): metrics -> headers -> auth -> body limit -> app ---------
     max_bytes = int(settings.max_upload_mb * 2**20)
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_bytes)
     app.add_middleware(BearerAuthMiddleware, token=settings.token)
     app.add_middleware(SecurityHeadersMiddleware)
-    known = {"/", "/healthz", "/metrics", "/docs", "/openapi.json", "/v1/embed", "/v1/zero-shot", "/v1/search"}
+    known = {"/", "/healthz", "/metrics", "/docs", "/openapi.json", "/v1/embed", "/v1/zero-shot", "/v1/search",
+             "/v1/segment"}
     app.add_middleware(MetricsMiddleware, metrics=metrics, known_paths=lambda: known)
     return app
 
