@@ -62,7 +62,8 @@ class TrainData:
         the file-hash cache). Tar shards hold each image's file bytes, so their record hashes those (the
         first view of each row: shards index one image per row)."""
         manifest = getattr(self.dataset, "manifest", None)
-        if manifest is None and self._record is None and hasattr(self.dataset, "entries"):
+        if manifest is None and self._record is None and hasattr(self.dataset, "entries") \
+                and hasattr(self.dataset, "_image_bytes"):  # ShardDataset (map-style, indexed)
             from medvl.data.leakage import bytes_hash, make_record
             from medvl.train.shards import read_index
 
