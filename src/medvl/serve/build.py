@@ -69,28 +69,55 @@ def _unit(x: Any) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+class _PreparedRows(torch.utils.data.Dataset):
+    """Row ``i`` -> (model input, thumbnail PNG): the per-image work, done in DataLoader workers."""
+
+    def __init__(self, manifest: Manifest, samples: Sequence[Sample], encoder: Any, thumb_size: int):
+        self.manifest, self.samples, self.thumb_size = manifest, list(samples), thumb_size
+        self.pre = (encoder.image_size, encoder.in_chans, encoder.mean, encoder.std)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bytes]:
+        pic = _decode(self.manifest, self.samples[i])
+        return to_model_input(pic, *self.pre), thumbnail_png(pic, self.thumb_size)
+
+
+def _stack(items: list[tuple[torch.Tensor, bytes]]) -> tuple[torch.Tensor, list[bytes]]:
+    return torch.stack([x for x, _ in items]), [t for _, t in items]
+
+
 def embed_manifest(encoder: Any, manifest: Manifest, *, batch_size: int = 32, thumb_size: int = 96,
-                   progress: Progress | None = None) -> EmbeddedCases:
+                   progress: Progress | None = None, num_workers: int | None = None) -> EmbeddedCases:
     """Embed every row of ``manifest`` (image, and report when the encoder has a text tower).
 
     A row whose image cannot be read raises (naming file and row) rather than being dropped:
-    a silently shorter index would make "the case is missing" undiagnosable later.
+    a silently shorter index would make "the case is missing" undiagnosable later. Decoding,
+    resizing and thumbnails run in DataLoader workers (``None``: one per spare core, see
+    :func:`medvl.evaluate.features.loader_workers`), batches in pinned memory on CUDA; the
+    vectors are the same as with ``num_workers=0``.
     """
+    from medvl.evaluate.features import loader_workers, on_cuda
+
     samples = manifest.samples
     image_chunks: list[np.ndarray] = []
     text_chunks: list[np.ndarray] = []
     records: list[CaseRecord] = []
     with_text = bool(getattr(encoder, "has_text", False))
-    for start in range(0, len(samples), batch_size):
+    workers = loader_workers(num_workers) if num_workers is not None or len(samples) > batch_size else 0
+    loader = torch.utils.data.DataLoader(_PreparedRows(manifest, samples, encoder, thumb_size),
+                                         batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         collate_fn=_stack, pin_memory=on_cuda(encoder))
+    for start, (batch, thumbs) in zip(range(0, len(samples), batch_size), loader, strict=True):
         chunk = samples[start:start + batch_size]
-        pictures = [_decode(manifest, s) for s in chunk]
-        image_chunks.append(encode_pictures(encoder, pictures))
+        image_chunks.append(_unit(encoder.encode_image(batch)))
         if with_text:
             text_chunks.append(encode_texts(encoder, [s.text for s in chunk]))
-        for s, pic in zip(chunk, pictures, strict=True):
+        for s, thumb in zip(chunk, thumbs, strict=True):
             records.append(CaseRecord(image="|".join(s.image), text=s.text, labels=dict(s.labels),
                                       patient_id=s.patient_id, split=s.split, row=s.row,
-                                      source=str(manifest.path.name), thumbnail=thumbnail_png(pic, thumb_size)))
+                                      source=str(manifest.path.name), thumbnail=thumb))
         if progress:
             progress(min(start + batch_size, len(samples)), len(samples))
     dim = int(getattr(encoder, "embed_dim", 0) or (image_chunks[0].shape[1] if image_chunks else 0))
