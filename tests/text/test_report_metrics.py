@@ -111,3 +111,13 @@ def test_clinical_efficacy_counts() -> None:
     assert up["counts"]["Edema"] == [2, 1, 0] and up["counts"]["Pneumothorax"] == [1, 1, 1]
     empty = clinical_efficacy([{"Edema": 0.0}], [{"Edema": None}])
     assert math.isnan(empty["per_class"]["Edema"]["f1"]) and math.isnan(empty["f1_macro"])
+
+
+def test_ce_macro_counts_never_predicted_present_classes_as_zero() -> None:
+    ref = [{"No Finding": 1.0, "Edema": None}, {"No Finding": None, "Edema": 1.0}, {"No Finding": None, "Edema": None}]
+    pred = [{"No Finding": 1.0, "Edema": None}] * 3  # a constant "normal" report
+    ce = clinical_efficacy(pred, ref, classes=["No Finding", "Edema", "Fracture"])
+    assert ce["precision_micro"] == pytest.approx(1 / 3)
+    assert math.isnan(ce["per_class"]["Edema"]["precision"])  # undefined per class ...
+    assert ce["precision_macro"] == pytest.approx((1 / 3 + 0.0) / 2)  # ... 0 in the macro; Fracture absent: left out
+    assert ce["recall_macro"] == pytest.approx(0.5) and ce["f1_macro"] == pytest.approx(0.25)

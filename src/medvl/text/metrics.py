@@ -240,7 +240,10 @@ def ce_from_counts(counts: Mapping[str, Sequence[float]]) -> dict[str, Any]:
     """P/R/F1 per class and micro/macro from ``{class: (tp, fp, fn)}``.
 
     Per-class values are NaN where undefined (no predicted positive for P, no reference positive for
-    R, neither for F1); macro averages are over the classes where the value is defined.
+    R, neither for F1). Macro averages run over the classes present in the references (at least one
+    reference positive), where a class never predicted counts precision 0 (scikit-learn's
+    ``zero_division=0``): a system that only ever says "no finding" must not get the macro precision
+    of its one class. Classes absent from the references are left out (their recall is undefined).
     """
     per: dict[str, dict[str, float]] = {}
     for c, (tp, fp, fn) in counts.items():
@@ -260,8 +263,9 @@ def ce_from_counts(counts: Mapping[str, Sequence[float]]) -> dict[str, Any]:
         "f1_micro": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan"),
         "per_class": per,
     }
+    present = [c for c, (tp_, _, fn_) in counts.items() if tp_ + fn_ > 0]
     for m in ("precision", "recall", "f1"):
-        vals = [v[m] for v in per.values() if not math.isnan(v[m])]
+        vals = [0.0 if math.isnan(per[c][m]) else per[c][m] for c in present]
         out[f"{m}_macro"] = sum(vals) / len(vals) if vals else float("nan")
     return out
 
