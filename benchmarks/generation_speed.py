@@ -12,8 +12,9 @@ token is suppressed in both systems, so both do the same amount of work), for ``
 * **HF generate**: ``model.generate(input_ids, do_sample=False, min_new_tokens=T, max_new_tokens=T)``
   with its key/value cache, batched (all prompts at once) and single (one prompt per call);
 * **medvl greedy**: :func:`medvl.generate.decoding.greedy` driving the same GPT-2 through a
-  ``LogitsFn`` that runs the whole prefix each step (no cache: the loops are model-agnostic and
-  drop finished rows / reorder beams, which a cache would have to follow), batched and single;
+  ``LogitsFn`` that runs the whole prefix each step (no cache), batched and single;
+* **medvl greedy + KV cache**: the same loop with :class:`medvl.generate.hf_step.CachedCausalLM`
+  (the LM's cache reordered to follow the loop's sequences; what the LLaVA adapter uses);
 * **medvl beam** (4 beams, batched) for scale, and the CoCa caption decoder (greedy, batched and
   single) on phantom-sized image memories.
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from tiny_lm import make_tiny_lm  # noqa: E402
 
 from medvl.generate.decoding import DecodeConfig, beam_search, greedy  # noqa: E402
+from medvl.generate.hf_step import CachedCausalLM  # noqa: E402
 
 TEXTS = ["FINDINGS: The heart size is normal. No pleural effusion or pneumothorax. IMPRESSION: Normal chest.",
          "FINDINGS: Small left pleural effusion. No pneumothorax. IMPRESSION: Left effusion.",
@@ -96,6 +98,14 @@ def main() -> None:
     rows["HF generate, single"] = n / best_of(lambda: [hf(prompt) for _ in range(n)], args.repeat)
     rows["medvl greedy, batched"] = n / best_of(lambda: medvl(n), args.repeat)
     rows["medvl greedy, single"] = n / best_of(lambda: [medvl(1) for _ in range(n)], args.repeat)
+    prompt_emb = lm.get_input_embeddings()(prompt[0]).detach()
+
+    def medvl_cached(batch_size: int) -> list:
+        return greedy(CachedCausalLM(lm, [prompt_emb] * batch_size), batch_size, eos, eos, cfg)
+
+    same_cached = [g.tokens for g in medvl_cached(2)] == theirs
+    rows["medvl greedy + KV cache, batched"] = n / best_of(lambda: medvl_cached(n), args.repeat)
+    rows["medvl greedy + KV cache, single"] = n / best_of(lambda: [medvl_cached(1) for _ in range(n)], args.repeat)
     rows["medvl beam x4, batched"] = n / best_of(
         lambda: beam_search(medvl_fn, n, eos, eos, DecodeConfig(method="beam", num_beams=4, max_new_tokens=t,
                                                                 min_new_tokens=t)), 1)
@@ -116,14 +126,15 @@ def main() -> None:
 
     print(f"tiny GPT-2 (2 layers, width 64), {n} reports x {t} new tokens, torch threads {torch.get_num_threads()}, "
           f"best of {args.repeat}")
-    print(f"greedy tokens identical (medvl vs HF generate): {same}")
+    print(f"greedy tokens identical to HF generate: medvl {same}, medvl + KV cache {same_cached}")
     for name, v in rows.items():
         print(f"  {name:32s} {v:8.1f} reports/s")
     print(f"batch/single: HF {rows['HF generate, batched'] / rows['HF generate, single']:.1f}x, "
           f"medvl {rows['medvl greedy, batched'] / rows['medvl greedy, single']:.1f}x, "
           f"CoCa {rows['CoCa decoder greedy, batched'] / rows['CoCa decoder greedy, single']:.1f}x")
-    print(f"medvl / HF generate: batched {rows['medvl greedy, batched'] / rows['HF generate, batched']:.2f}x, "
-          f"single {rows['medvl greedy, single'] / rows['HF generate, single']:.2f}x")
+    for variant in ("medvl greedy", "medvl greedy + KV cache"):
+        print(f"{variant} / HF generate: batched {rows[variant + ', batched'] / rows['HF generate, batched']:.2f}x, "
+              f"single {rows[variant + ', single'] / rows['HF generate, single']:.2f}x")
 
 
 if __name__ == "__main__":

@@ -81,3 +81,14 @@ def test_llava_answers_vqa_generatively(caption_run: Path, phantoms: Path, lm_di
     res = run_vqa_eval(vqa, model=str(tmp_path / "vqa-adapter"), split="val", n_boot=10, answer_type="closed")
     assert res.records[0].config["mode"] == "generate"
     assert 0.0 <= res.value("accuracy_closed") <= 1.0
+
+
+def test_kv_cache_gives_the_uncached_tokens(caption_run: Path, lm_dir: Path) -> None:
+    model = build_llava(str(caption_run / "last"), str(lm_dir), projector="linear")
+    images = torch.rand(3, 1, 32, 32)
+    for cfg in (DecodeConfig(max_new_tokens=10), DecodeConfig(method="beam", num_beams=3, max_new_tokens=8),
+                DecodeConfig(method="sample", top_p=0.9, max_new_tokens=8, seed=3)):
+        cached = model.generate(images, cfg, instructions=["Is there a nodule?", "Describe.", "Side?"])
+        plain = model.generate(images, cfg, instructions=["Is there a nodule?", "Describe.", "Side?"], cache=False)
+        assert [g.tokens for g in cached] == [g.tokens for g in plain], cfg.method
+        assert [g.score for g in cached] == pytest.approx([g.score for g in plain], abs=1e-4)

@@ -200,14 +200,21 @@ class LlavaModel(nn.Module):
     # -- generation ------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, images: torch.Tensor, cfg: DecodeConfig | None = None,
-                 instructions: list[str] | None = None) -> list[Generation]:
-        """Answers (reports by default) with medvl's decoding loops; no KV cache (see benchmarks)."""
+                 instructions: list[str] | None = None, cache: bool = True) -> list[Generation]:
+        """Answers (reports by default) with medvl's decoding loops; ``cache`` keeps the LM's key/value
+        cache across steps (:class:`medvl.generate.hf_step.CachedCausalLM`), else every step re-runs
+        the whole sequence (same tokens, slower; kept as the reference the tests compare against)."""
         cfg = (cfg or DecodeConfig()).validate()
         instructions = instructions or [REPORT_INSTRUCTION] * images.shape[0]
         prompt = self.build_inputs(images, instructions)
         lengths = prompt["attention_mask"].sum(1)
         emb_table = self.lm.get_input_embeddings()
         eos = int(self.tokenizer.eos_token_id)
+        if cache:
+            from medvl.generate.hf_step import CachedCausalLM
+
+            step = CachedCausalLM(self.lm, [prompt["inputs_embeds"][r, : lengths[r]] for r in range(len(lengths))])
+            return decode(step, images.shape[0], eos, eos, cfg, self.device)
 
         def fn(ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
             gen = emb_table(ids[:, 1:].to(self.device))  # drop the placeholder start token
