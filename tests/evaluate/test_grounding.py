@@ -265,6 +265,6 @@ def test_models_without_local_features_or_text_are_refused(synth: dict[str, Any]
     with pytest.raises(MedvlError, match="trained tokenizer"):
         grounding_eval(create_model("clip-tiny"), synth["manifest"], n_boot=0)
     volume = create_model("clip3d-tiny", tokenizer_texts=["a b c"] * 3)
-    with pytest.raises(ConfigError, match="2D image tower.*3D"):
+    with pytest.raises(ConfigError, match=r"expects volumes \[B, C, D, H, W\]"):  # 3D tower on 2D images
         grounding_eval(volume, synth["manifest"], n_boot=0)
     assert load_manifest(synth["manifest"]).card is not None

@@ -26,8 +26,21 @@ def synth(
                                                           "2 heart; columns anatomy_mask/anatomy_mask_labels)."),
     vqa: bool = typer.Option(False, "--vqa", help="Also write vqa.csv: questions the ground truth answers "
                                                   "(presence, side, size, count, change, twin-image pairs)."),
+    dims: int = typer.Option(2, "--dims", help="2: chest radiographs; 3: chest CT volumes (HU NIfTI, RAS) with "
+                                               "3D finding masks and organ maps (--size is the cube side)."),
 ) -> None:
-    """Generate synthetic PA chest radiographs with reports, finding masks, a manifest and a card."""
+    """Generate synthetic PA chest radiographs (or chest CT volumes) with reports, finding masks, manifest, card."""
+    if dims == 3:
+        from medvl.data.synthetic3d import generate_ct_phantoms
+
+        start = time.perf_counter()
+        manifest = generate_ct_phantoms(out, n=n, size=size, seed=seed, overwrite=overwrite)
+        typer.echo(f"wrote {n} CT phantoms ({size}^3 voxels) to {manifest} in {time.perf_counter() - start:.1f}s")
+        return
+    if dims != 2:
+        from medvl.errors import ConfigError
+
+        raise ConfigError(f"--dims must be 2 or 3, got {dims}")
     from medvl.data.synthetic import generate_phantoms
 
     start = time.perf_counter()

@@ -150,20 +150,21 @@ def grounding_map(patch_features: torch.Tensor, grid: Sequence[int], word_featur
     ``temperature * cos`` is averaged over words, reshaped to the grid and upsampled bilinearly
     to ``size`` (see the module docstring for why).
     """
-    if len(grid) != 2:
-        raise ConfigError(f"grounding needs a 2D patch grid, got {tuple(grid)} (3D towers are not supported)")
-    h, w = int(grid[0]), int(grid[1])
+    if len(grid) not in (2, 3):
+        raise ConfigError(f"grounding needs a 2D (h, w) or 3D (d, h, w) patch grid, got {tuple(grid)}")
+    dims = tuple(int(g) for g in grid)
     p = patch_features.float()
     t = word_features.float()
-    if p.ndim != 2 or p.shape[0] != h * w:
-        raise ValueError(f"patch features {tuple(p.shape)} do not match a {h}x{w} grid")
+    if p.ndim != 2 or p.shape[0] != int(np.prod(dims)):
+        raise ValueError(f"patch features {tuple(p.shape)} do not match a {'x'.join(map(str, dims))} grid")
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] != p.shape[1]:
         raise ValueError(f"word features {tuple(t.shape)} do not match patch features {tuple(p.shape)}")
     attn = torch.softmax(temperature * (t @ p.T), dim=-1)  # [n_words, P]
-    cells = attn.mean(0).reshape(1, 1, h, w)
+    cells = attn.mean(0).reshape(1, 1, *dims)
     if size is None:
         return cells[0, 0]
-    out = F.interpolate(cells, size=(int(size[0]), int(size[1])), mode="bilinear", align_corners=False)
+    mode = "bilinear" if len(dims) == 2 else "trilinear"  # volumes: word-to-voxel maps
+    out = F.interpolate(cells, size=tuple(int(v) for v in size), mode=mode, align_corners=False)
     return out[0, 0]
 
 
@@ -262,10 +263,9 @@ def grounding_encoder(model: Any, device: str, options: dict[str, Any] | None = 
         raise MedvlError(f"grounding needs a text tower with a trained tokenizer to embed the query phrases; "
                          f"{name!r} has none")
     image_cfg = net.cfg.image
-    if image_cfg.type == "resnet3d" or not hasattr(net.visual, "forward_tokens"):
-        why = "a 3D tower" if image_cfg.type == "resnet3d" else "its tower gives no local features"
-        raise ConfigError(f"grounding needs a 2D image tower with local features (a patch grid); {name!r} has "
-                          f"image.type={image_cfg.type!r} ({why})")
+    if not hasattr(net.visual, "forward_tokens"):
+        raise ConfigError(f"grounding needs an image tower with local features (a patch grid); {name!r} has "
+                          f"image.type={image_cfg.type!r} (its tower gives no local features)")
     return model
 
 
@@ -344,11 +344,11 @@ def binary_mask(manifest: Manifest, pair: GroundingPair) -> np.ndarray:
     except (ImageReadError, ConfigError, ValueError, OSError) as exc:
         raise ManifestError(f"{manifest.path}, row {pair.sample.row}: cannot read mask {pair.mask_path}: "
                             f"{getattr(exc, 'reason', exc)}") from exc
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and min(arr.shape[:2]) > 4:
         arr = arr[..., :3].max(-1)
-    if arr.ndim != 2:
+    if arr.ndim not in (2, 3):
         raise ManifestError(f"{manifest.path}, row {pair.sample.row}: mask {pair.mask_path} has shape "
-                            f"{arr.shape}; grounding needs 2D masks")
+                            f"{arr.shape}; grounding needs 2D masks (or 3D masks for volumes)")
     a = arr.astype(np.float64)
     top = float(a.max()) if a.size else 0.0
     scale = 1.0 if top <= 1 else (255.0 if top <= 255 else top)
@@ -356,7 +356,7 @@ def binary_mask(manifest: Manifest, pair: GroundingPair) -> np.ndarray:
 
 
 def _load_image(manifest: Manifest, sample: Sample, pre: dict[str, Any],
-                transform: Any) -> tuple[torch.Tensor, tuple[int, int]]:
+                transform: Any) -> tuple[torch.Tensor, tuple[int, ...]]:
     """The model-ready image (the same decode + resize + transforms as ManifestDataset) and its source shape."""
     from medvl.data.cache import decode_uint8
     from medvl.data.transforms import prepare_uint8
@@ -368,18 +368,21 @@ def _load_image(manifest: Manifest, sample: Sample, pre: dict[str, Any],
         arr, dims = decode_uint8(path)
     except ImageReadError as exc:
         raise ImageReadError(exc.path, f"{exc.reason} (manifest {manifest.path}, row {sample.row})") from exc
-    if dims != 2:
-        raise ConfigError(f"{manifest.path}, row {sample.row}: {path} is a volume; grounding supports 2D images")
     try:
         u8 = prepare_uint8(arr, pre["image_size"], pre["channels"], RESIZE_MODE, dims)
     except (ValueError, ConfigError, OSError) as exc:
         raise ImageReadError(path, f"{exc} (manifest {manifest.path}, row {sample.row})") from exc
-    return transform({"image": u8})["image"], (int(arr.shape[0]), int(arr.shape[1]))
+    return transform({"image": u8})["image"], tuple(int(v) for v in arr.shape[:dims])
 
 
-def _model_mask(manifest: Manifest, pair: GroundingPair, image_shape: tuple[int, int], size: int) -> np.ndarray:
+def _model_mask(manifest: Manifest, pair: GroundingPair, image_shape: tuple[int, ...], size: int) -> np.ndarray:
     """The binary mask in the model's input frame: the image's pad-resize with nearest interpolation."""
     m = binary_mask(manifest, pair)
+    if m.ndim != len(image_shape) or (m.ndim == 3 and m.shape != tuple(image_shape)):
+        raise ManifestError(f"{manifest.path}, row {pair.sample.row}: mask {pair.mask_path} has shape {m.shape} but "
+                            f"the image is {tuple(image_shape)}; a volume's mask must have its shape")
+    if m.ndim == 3:
+        return frame_mask(m, size)
     (mh, mw), (ih, iw) = m.shape, image_shape
     if abs(mh / mw - ih / iw) > 0.01 * (ih / iw):
         raise ManifestError(f"{manifest.path}, row {pair.sample.row}: mask {pair.mask_path} is {mh}x{mw} but the "
@@ -388,7 +391,7 @@ def _model_mask(manifest: Manifest, pair: GroundingPair, image_shape: tuple[int,
 
 
 def frame_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """A 2D bool mask pad-resized (nearest) into the model's square input frame, as images are."""
+    """A 2D (or 3D) bool mask pad-resized (nearest) into the model's square (cubic) input frame, as images are."""
     from medvl.data.transforms import resize
 
     t = torch.from_numpy(mask.astype(np.uint8) * 255)[None]
