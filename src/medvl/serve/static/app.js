@@ -167,12 +167,72 @@
     });
   }
 
+  function readDataURL(file) {
+    // data: URLs (the page's CSP allows data: images, not blob:)
+    return new Promise((ok, bad) => { const r = new FileReader(); r.onload = () => ok(r.result); r.onerror = bad;
+      r.readAsDataURL(file); });
+  }
+
+  function loadImg(src) {
+    return new Promise((ok) => { const i = new Image(); i.onload = () => ok(i); i.onerror = () => ok(null); i.src = src; });
+  }
+
+  async function renderMask(file, data) {
+    const s = data.summary;
+    const canvas = $("seg-canvas");
+    canvas.width = s.width; canvas.height = s.height;
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#000"; ctx.fillRect(0, 0, s.width, s.height);
+    const pic = await loadImg(await readDataURL(file)); // DICOM: the browser cannot draw it, the mask goes on black
+    if (pic) ctx.drawImage(pic, 0, 0, s.width, s.height);
+    const mask = await loadImg("data:image/png;base64," + data.mask_png);
+    if (mask) {
+      const off = document.createElement("canvas");
+      off.width = s.width; off.height = s.height;
+      const octx = off.getContext("2d");
+      octx.drawImage(mask, 0, 0);
+      const m = octx.getImageData(0, 0, s.width, s.height).data;
+      const over = ctx.getImageData(0, 0, s.width, s.height);
+      for (let i = 0; i < m.length; i += 4) {
+        if (m[i] > 127) { // tint the masked pixels red, keep the anatomy visible underneath
+          over.data[i] = Math.round(0.5 * over.data[i] + 127);
+          over.data[i + 1] = Math.round(0.5 * over.data[i + 1]);
+          over.data[i + 2] = Math.round(0.5 * over.data[i + 2]);
+        }
+      }
+      ctx.putImageData(over, 0, 0);
+    }
+    $("seg-mode").textContent = "(" + s.method + ")";
+    $("seg-summary").textContent = s.area_px
+      ? (100 * s.fraction).toFixed(1) + "% of the image, " + s.components + " region(s)"
+      : "nothing above the threshold";
+    $("segment").classList.remove("hidden");
+  }
+
+  async function segmentImage(event) {
+    event.preventDefault();
+    const file = $("file").files[0];
+    const text = $("seg-q").value.trim();
+    if (!file) { showError("Upload an image first, then type what to outline."); return; }
+    if (!text) { showError("Type what to outline, e.g. “left pleural effusion”."); return; }
+    await busy(async () => {
+      setStatus("outlining…");
+      const f = new FormData();
+      f.append("file", file);
+      f.append("text", text);
+      renderMask(file, await api("/v1/segment", { method: "POST", body: f }));
+    });
+  }
+
   async function loadHealth() {
     try {
       const h = await api("/healthz", { method: "GET" });
       $("model").textContent = "model " + h.model + " · " + h.index_size + " indexed cases" +
         (h.zero_shot ? " · " + h.classes.length + " findings" : "");
-      if (!h.has_text) { $("q").disabled = true; $("q").placeholder = "This model has no text tower: upload an image"; }
+      if (!h.has_text) {
+        $("q").disabled = true; $("q").placeholder = "This model has no text tower: upload an image";
+        $("seg-q").disabled = true; $("seg-q").placeholder = "Outlining needs a text tower";
+      }
     } catch (err) {
       showError("Server not reachable: " + err.message);
     }
@@ -181,6 +241,7 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("text-form").addEventListener("submit", searchText);
     $("file").addEventListener("change", searchImage);
+    $("seg-form").addEventListener("submit", segmentImage);
     $("token-save").addEventListener("click", () => {
       sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
       $("token").value = "";
