@@ -57,11 +57,7 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {  # (importer module, imported mod
 
 # Module import circles still present, each with its reason. Issue 13 broke bench.runner <-> tasks/report,
 # models.encoder <-> models.pretrained and objectives.describe -> train.trainer.
-ALLOWED_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"medvl.data.check", "medvl.data.leakage"}):
-        "new in issue 13 (leakage check): check calls leakage's overlap, leakage uses check.file_hash; "
-        "to break: move file_hash into data/io.py",
-}
+ALLOWED_CYCLES: dict[frozenset[str], str] = {}  # (none left: data.check <-> data.leakage went with file_hash -> io)
 
 
 def _module_name(path: Path) -> str:

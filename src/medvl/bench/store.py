@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from medvl.bench.suite import FAMILY_SEP, ModelSpec
-from medvl.data.check import file_hash as sha256_file
+from medvl.data.io import file_hash as sha256_file
 
 PROTOCOL_VERSION = 1  # bump when evaluation semantics change, so old cached results are not reused
 

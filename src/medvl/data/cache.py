@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medvl.data.check import file_hash
+from medvl.data.io import file_hash
 from medvl.data.manifest import Manifest, Sample, load_manifest
 from medvl.data.transforms import prepare_uint8
 from medvl.errors import ConfigError, ImageReadError, ManifestError, MedvlError

@@ -9,7 +9,6 @@ duplicates within a split, a class without positives in a split) are reported bu
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from medvl.data.card import DatasetCard
+from medvl.data.io import file_hash  # noqa: F401  (re-exported: medvl.data.check.file_hash)
 from medvl.data.manifest import (
     POSITIVE,
     Manifest,
@@ -78,15 +78,6 @@ class CheckReport:
             "against": self.against,
             "findings": [asdict(f) for f in self.findings],
         }
-
-
-def file_hash(path: Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes: identical files are the same image whatever their names."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def spatial_shape(array: np.ndarray) -> tuple[int, ...]:

@@ -30,6 +30,7 @@ Conventions (the contract other modules rely on):
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 import zipfile
@@ -86,6 +87,18 @@ class ImageData:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+def file_hash(path: Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes: identical files are the same image whatever their names.
+
+    Lives with the readers (the lowest module that touches files) so the checker, the leakage
+    report, the preprocessing cache and the bench's result store share it without importing each other.
+    """
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _jsonable(obj: Any) -> Any:

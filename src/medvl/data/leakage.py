@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medvl.data.check import file_hash
+from medvl.data.io import file_hash
 from medvl.data.manifest import Manifest, Sample
 
 RECORD_NAME = "train_data.json"
