@@ -122,3 +122,25 @@ def test_manifest_without_sites_says_so(toy: dict) -> None:
                         extras=())
     assert r.sites == [] and "no site column" in r.site_note
     assert np.isnan(r.clean.low)  # n_boot=0: no interval, and none is faked
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_vectorised_bootstrap_auroc_equals_the_loop(task: str) -> None:
+    from medvl.evaluate.metrics import metric_value
+    from medvl.evaluate.robustness import _Boot
+
+    rng = np.random.default_rng(3)
+    n, k = 60, 3
+    s = np.round(rng.uniform(size=(n, k)), 1)  # rounded: many ties
+    if task == "binary":
+        y, scores = rng.integers(0, 2, n), s[:, 0]
+    elif task == "multiclass":
+        y, scores = rng.integers(0, k, n), s / s.sum(1, keepdims=True)
+    else:
+        y = rng.integers(0, 2, (n, k)).astype(float)
+        y[rng.uniform(size=(n, k)) < 0.1] = np.nan
+        scores = s
+    p = prepare(scores, y, task)
+    boot = _Boot(n, np.repeat(np.arange(n // 3), 3), 200, seed=1)
+    loop = np.array([metric_value("auroc", p.take(i)) for i in boot.idx])
+    np.testing.assert_allclose(boot.values(p, "auroc"), loop, rtol=1e-12, atol=1e-12)

@@ -141,6 +141,45 @@ class RobustnessReport:
 
 
 # ------------------------------------------------------------------ bootstrap helpers
+def weighted_auroc(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """AUROC of one binary problem under many bootstrap replicates at once.
+
+    ``w`` [B, N] holds how often each sample was drawn in each replicate; the Mann-Whitney
+    statistic with multiplicities (ties count 1/2) equals the AUROC of the resampled data, so one
+    sort serves every replicate instead of B ``rankdata`` calls (the corruption grid's bootstrap
+    went from ~2 min to seconds). NaN where a replicate has no positive or no negative.
+    """
+    order = np.argsort(s, kind="stable")
+    s_sorted = s[order]
+    pos = y[order].astype(np.float64)
+    ws = w[:, order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])  # tie groups
+    gp = np.add.reduceat(ws * pos, starts, axis=1)
+    gn = np.add.reduceat(ws * (1.0 - pos), starts, axis=1)
+    below = np.cumsum(gn, axis=1) - gn
+    num = (gp * (below + 0.5 * gn)).sum(1)
+    den = gp.sum(1) * gn.sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def boot_auroc(p: Prepared, w: np.ndarray) -> np.ndarray:
+    """Macro AUROC per replicate with the conventions of :mod:`medvl.evaluate.metrics` (NaN classes skipped)."""
+    if p.task == "binary":
+        return weighted_auroc(p.y == 1, p.s[:, 1], w)
+    per = []
+    for c in range(p.s.shape[1]):
+        if p.task == "multiclass":
+            per.append(weighted_auroc(p.y == c, p.s[:, c], w))
+        else:
+            valid = ~np.isnan(p.y[:, c])
+            per.append(weighted_auroc(p.y[valid, c] == 1, p.s[valid, c], w[:, valid]))
+    stacked = np.stack(per)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(stacked, axis=0)
+
+
 class _Boot:
     """Fixed patient-level bootstrap replicates of one sample set, shared by every comparison on it."""
 
@@ -150,8 +189,20 @@ class _Boot:
         self.res = GroupResampler(n, groups)
         self.n_boot = n_boot
         self.idx = list(self.res.replicates(n_boot, seed)) if n_boot else []
+        self._w: np.ndarray | None = None
+
+    @property
+    def weights(self) -> np.ndarray:
+        """[B, N] draw counts of every sample in every replicate (for the vectorised AUROC)."""
+        if self._w is None:
+            n = self.res.n
+            self._w = np.stack([np.bincount(i, minlength=n) for i in self.idx]).astype(np.float64) \
+                if self.idx else np.zeros((0, n))
+        return self._w
 
     def values(self, p: Prepared, metric: str) -> np.ndarray:
+        if metric == "auroc":
+            return boot_auroc(p, self.weights)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return np.array([metric_value(metric, p.take(i)) for i in self.idx], dtype=np.float64)
