@@ -2,6 +2,8 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python3 benchmarks/segmentation.py --out runs/bench-seg
     OMP_NUM_THREADS=1 PYTHONPATH=src python3 benchmarks/segmentation.py --quick      # smoke run (minutes)
+    OMP_NUM_THREADS=1 PYTHONPATH=src python3 benchmarks/segmentation.py --out runs/bench-seg --skip-2d --skip-3d \
+        --prompts       # part 3, after part 1 (reuses its phantoms and pretrained encoder)
 
 Part 1 (2D, chest phantoms with organ label maps, ``medvl data synth --anatomy``; lungs + heart):
 
@@ -245,6 +247,42 @@ def part_3d(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     return result
 
 
+def part_prompts(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Text prompts on the phantoms' finding masks: zero-shot grounding masks vs a trained text-conditioned decoder.
+
+    Both read the pretrained clip-tiny of part 1 and are scored on the test split's *present* findings
+    (Dice per finding, patient CIs); the zero-shot threshold is chosen on the val split.
+    """
+    from medvl.evaluate.segment_prompt import text_prompt_eval
+
+    manifest = out / "phantoms" / "manifest.csv"
+    enc = out / "clip-tiny-pretrain" / "last"
+    if not enc.is_dir():
+        return {"skipped": f"run part 1 first ({enc} is missing)"}
+    result: dict[str, Any] = {}
+    for phrases in ("report", "class"):
+        ev = text_prompt_eval(enc, manifest, "test", phrases=phrases, n_boot=1000)
+        rec = {r.metric: r for r in ev.records}
+        result[f"zero-shot ({phrases} phrase)"] = {
+            "threshold": rec["dice"].config["threshold"],
+            "dice": {m.split("/", 1)[1]: [r.value, r.ci_low, r.ci_high] for m, r in rec.items()
+                     if m.startswith("dice/")}, "mean": rec["dice"].value}
+    from medvl.evaluate.segment import segment_eval
+    from medvl.segment.model import load_seg_model
+
+    cfg = load_seg_config(None, [f"data.manifest={manifest}", "data.image_size=64", f"model.encoder={enc}",
+                                 "model.prompt=text", "model.freeze=finetune", f"optim.max_steps={args.steps}",
+                                 f"optim.batch_size={args.batch}", "optim.lr=0.002", "model.width=32",
+                                 "checkpoint_every=100000", "log_every=1000"], out / "text-decoder")
+    res = train_segmentation(cfg)
+    ev = segment_eval(load_seg_model(res.last_checkpoint), manifest, "test", n_boot=1000)
+    rec = {r.metric: r for r in ev.records}
+    result["trained text-conditioned decoder"] = {
+        "dice": {m.split("/", 1)[1]: [r.value, r.ci_low, r.ci_high] for m, r in rec.items() if m.startswith("dice/")},
+        "mean": rec["dice"].value, "train_seconds": res.seconds}
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/bench-seg")
@@ -259,6 +297,8 @@ def main() -> None:
     ap.add_argument("--hippocampus", default="../shared/data/real/msd_hippocampus/manifest.csv")
     ap.add_argument("--skip-2d", action="store_true")
     ap.add_argument("--skip-3d", action="store_true")
+    ap.add_argument("--prompts", action="store_true", help="part 3: zero-shot text masks vs a text-conditioned "
+                                                           "decoder (needs part 1's pretrained encoder)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of the whole script")
     args = ap.parse_args()
     if args.quick:
@@ -285,10 +325,18 @@ def main() -> None:
         print("part 2: 3D hippocampus (real MRI), validation split")
         report["3d"] = part_3d(args, out)
         print(json.dumps({k: v for k, v in report["3d"].items()}, indent=1, default=float))
+    if args.prompts:
+        print("part 3: text prompts on the finding masks (test split, present findings)")
+        report["prompts"] = part_prompts(args, out)
+        for name, r in report["prompts"].items():
+            if isinstance(r, dict) and "dice" in r:
+                per = ", ".join(f"{k} {v[0]:.3f}" for k, v in r["dice"].items())
+                print(f"  {name}: mean Dice {r['mean']:.3f} ({per})")
     report["seconds"] = time.perf_counter() - t0
-    (out / "segmentation.json").write_text(json.dumps(report, indent=1, default=lambda o: o.tolist()
-                                                      if hasattr(o, "tolist") else str(o)))
-    print(f"wrote {out / 'segmentation.json'} ({report['seconds']:.0f} s)")
+    name = "segmentation-prompts.json" if args.skip_2d and args.skip_3d else "segmentation.json"
+    (out / name).write_text(json.dumps(report, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist")
+                                       else str(o)))
+    print(f"wrote {out / name} ({report['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -65,11 +65,14 @@ def test_prompted_models_train_and_score(prompt: str, seg_phantoms: Path, tmp_pa
     model = create_model("clip-tiny", image={"image_size": 32}, tokenizer_texts=["lung heart", "the heart"])
     save_model(model, tmp_path / "clip")
     cfg = load_seg_config(None, tiny_overrides(seg_phantoms, steps=3) + [
-        f"model.encoder={tmp_path / 'clip'}", f"model.prompt={prompt}", "data.mask_column=anatomy_mask"],
+        f"model.encoder={tmp_path / 'clip'}", f"model.prompt={prompt}",
+        # box: the finding masks (many images have none: nothing to prompt there); text: the organ maps
+        "data.mask_column=" + ("mask" if prompt == "box" else "anatomy_mask")],
         tmp_path / "run")
     train_segmentation(cfg)
     net = load_seg_model(tmp_path / "run" / "last")
     assert net.prompt == prompt and net.num_outputs == 1
-    res = segment_eval(net, seg_phantoms, "test", n_boot=10, max_cases=4)
+    res = segment_eval(net, seg_phantoms, "test", n_boot=10, max_cases=8)
     rec = {r.metric: r for r in res.records}
-    assert rec["dice"].config["prompt"] == prompt and 0 <= rec["dice/lung"].value <= 1
+    assert rec["dice"].config["prompt"] == prompt
+    assert any(0 <= rec[f"dice/{c}"].value <= 1 for c in net.classes)

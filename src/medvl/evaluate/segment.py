@@ -118,7 +118,6 @@ def segment_eval(model: Any, data: str | Path, split: str = "test", *, n_boot: i
                 Path(masks_out).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(lm).save(Path(masks_out) / f"{stem}_mask.png")
         cache._store.pop(i, None)  # volumes: keep memory flat
-        del logits
     per_case = {m: np.stack(v) if v else np.zeros((0, k)) for m, v in scores.items()}  # [N, K]
     pres = np.stack(present) if present else np.zeros((0, k), bool)
     pids = np.array([c.patient_id for c in cases])
