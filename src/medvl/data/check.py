@@ -116,6 +116,7 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
                     continue
                 if view == 0 and shapes is not None:
                     shapes[s.row] = spatial_shape(np.asarray(image.array))
+                _check_volume(image, s.row, str(path), report)
             if path.is_file():
                 hashes[cache.hash(path)].append((s.row, s.split))
         for rel in filter(None, (p.strip() for p in s.mask.split("|"))):
@@ -124,6 +125,17 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
                 report.findings.append(Finding("error", "missing_mask", "mask file not found", s.row, str(path)))
     cache.save()
     return hashes
+
+
+def _check_volume(image: Any, row: int, file: str, report: CheckReport) -> None:
+    """Volumes: missing slices, unknown spacing and too-large volumes are errors; strong anisotropy a warning."""
+    from medvl.data.volume_preprocess import volume_problems
+
+    if image.array.ndim != 3 or image.meta.photometric.upper().startswith("RGB"):
+        return
+    for code, msg in volume_problems(image):
+        report.findings.append(Finding("warning" if code == "anisotropic" else "error", f"volume_{code}", msg, row,
+                                       file))
 
 
 def _mask_value_problem(values: np.ndarray, n_labels: int, label_map: bool) -> str | None:
