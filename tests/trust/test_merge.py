@@ -71,6 +71,7 @@ def test_cli_writes_one_checkpoint_per_alpha(ckpts: dict[str, Path], tmp_path: P
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["alpha_0", "alpha_0.5", "alpha_1"]
 
 
+@pytest.mark.slow
 def test_wise_curve_is_drawn_in_the_model_card(toy: dict, tmp_path: Path) -> None:
     """merge --data evaluates every alpha; eval robustness --wise puts the curve in the card."""
     import json
@@ -99,3 +100,27 @@ def test_wise_curve_is_drawn_in_the_model_card(toy: dict, tmp_path: Path) -> Non
         main(["eval", "robustness", "-m", str(toy["model"]), "-d", str(toy["manifest"]), "--corruptions", "gamma",
               "--severities", "1", "--n-boot", "0", "--wise", str(tmp_path / "bad.json"), "--no-cache"])
     assert exc.value.code == 2
+
+
+def test_card_draws_a_wise_curve_and_bad_files_are_refused(tmp_path: Path) -> None:
+    """Fast path of the slow test above: a hand-made report with a curve renders its section and figure."""
+    import json
+
+    from medvl.bench.model_card import caveats, write_model_card
+    from medvl.errors import MedvlError
+    from medvl.evaluate.calibration import Interval
+    from medvl.evaluate.robustness import RobustnessReport
+    from medvl.merge import load_wise_curve
+
+    rows = [{"alpha": a, "metric": "auroc", "clean": 0.7, "in_distribution": 0.6 + 0.2 * a,
+             "shifted_sites": 0.7 - 0.1 * a * a, "corrupted": None} for a in (0.0, 0.5, 1.0)]
+    (tmp_path / "wise.json").write_text(json.dumps(rows))
+    report = RobustnessReport(model="m", dataset="d", split="test", protocol="zeroshot", metric="auroc",
+                              label_task="binary", modality="xray", n=10, n_groups=10, clean=Interval(0.7),
+                              extras={"wise_curve": load_wise_curve(tmp_path / "wise.json")})
+    assert any("alpha = 0" in c for c in caveats(report))  # the most robust mix on the shifted sites
+    md, html, _ = write_model_card(report, tmp_path / "card", data={})
+    assert "## Weight interpolation (WiSE-FT)" in md.read_text() and "wise.png" in html.read_text()
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(MedvlError, match="not a wise.json"):
+        load_wise_curve(tmp_path / "bad.json")
