@@ -120,6 +120,63 @@ class TowerFeatures(nn.Module):
                 p.requires_grad = True
 
 
+class HFPatchFeatures(nn.Module):
+    """Patch-token grids of the last ``VIT_BLOCKS`` layers of a transformers ViT / DINOv2 (``hf:`` encoders).
+
+    Built from the model's config dict (``AutoModel.from_config``), so a segmentation checkpoint holds
+    the weights and needs not the original folder. Inputs are padded to a multiple of the patch size;
+    ViTs get ``interpolate_pos_encoding`` (DINOv2 interpolates by itself), so any input size works.
+    """
+
+    dims = 2
+    tower_type = "hf"
+
+    def __init__(self, tower: dict[str, Any]):
+        super().__init__()
+        import inspect
+
+        from transformers import AutoConfig, AutoModel
+
+        from medvl.models.text_towers import quiet_transformers
+
+        hf = dict(tower["hf_config"])
+        model_type = hf.pop("model_type", None)
+        if not model_type:
+            raise ConfigError("segmentation tower type hf: the stored hf_config has no model_type")
+        with quiet_transformers():
+            self.model = AutoModel.from_config(AutoConfig.for_model(model_type, **hf))
+        cfg = self.model.config
+        if not hasattr(cfg, "patch_size") or not hasattr(cfg, "hidden_size"):
+            raise ConfigError(f"hf model {model_type!r} has no patch grid (patch_size/hidden_size); segmentation "
+                              "heads on hf: encoders need a ViT-like model (ViT, DINOv2, RAD-DINO)")
+        self.patch = int(cfg.patch_size)
+        self.skip = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)  # CLS (+ DINOv2 registers)
+        n = min(VIT_BLOCKS, int(cfg.num_hidden_layers))
+        self.n = n
+        self.channels = [int(cfg.hidden_size)] * n
+        self.indices: list[int] | None = list(range(n))
+        self._interp = "interpolate_pos_encoding" in inspect.signature(self.model.forward).parameters
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h, w = x.shape[-2:]
+        ph, pw = -(-h // self.patch), -(-w // self.patch)
+        if (ph * self.patch, pw * self.patch) != (h, w):
+            x = F.pad(x, (0, pw * self.patch - w, 0, ph * self.patch - h))
+        kw = {"interpolate_pos_encoding": True} if self._interp else {}
+        out = self.model(pixel_values=x, output_hidden_states=True, **kw)
+        b = x.shape[0]
+        return [hs[:, self.skip:].transpose(1, 2).reshape(b, hs.shape[-1], ph, pw)
+                for hs in out.hidden_states[-self.n:]]
+
+    def lock(self, freeze: str, unlocked_layers: int = 1) -> None:
+        for p in self.model.parameters():
+            p.requires_grad = freeze == "finetune"
+        if freeze == "last":
+            for layer in list(self.model.encoder.layer)[-unlocked_layers:]:
+                for p in layer.parameters():
+                    p.requires_grad = True
+
+
 class LinearHead(nn.Module):
     """DINOv2 linear probe: norm + 1x1 conv on the concatenation of the maps at the coarsest grid."""
 
@@ -204,11 +261,16 @@ class SegModel(nn.Module):
             raise ConfigError(f"segmentation task must be multilabel or multiclass, got {task!r}")
         if config["freeze"] not in FREEZE:
             raise ConfigError(f"model.freeze: {config['freeze']!r}; valid: {', '.join(FREEZE)}")
-        tower_cfg = from_dict(ImageTowerConfig, dict(config["tower"]))
-        tower = build_image_tower(tower_cfg, load_pretrained=load_pretrained)
-        self.backbone = TowerFeatures(tower, tower_cfg.type)
+        self.backbone: TowerFeatures | HFPatchFeatures
+        if config["tower"].get("type") == "hf":
+            self.backbone = HFPatchFeatures(config["tower"])
+            self.in_chans = int(config["tower"].get("in_chans", 3))
+        else:
+            tower_cfg = from_dict(ImageTowerConfig, dict(config["tower"]))
+            tower = build_image_tower(tower_cfg, load_pretrained=load_pretrained)
+            self.backbone = TowerFeatures(tower, tower_cfg.type)
+            self.in_chans = tower_cfg.in_chans
         self.dims = self.backbone.dims
-        self.in_chans = tower_cfg.in_chans
         self.classes = list(config["classes"])
         self.prompt = str(config.get("prompt", "none"))
         if self.prompt not in PROMPTS:
@@ -263,9 +325,14 @@ class SegModel(nn.Module):
 
     def forward(self, images: torch.Tensor, prompt: torch.Tensor | None = None) -> torch.Tensor:
         """``prompt``: the box map ``[B, 1, *S]`` (box models) or text embeddings ``[B, E]`` (text models)."""
-        if images.shape[1] != self.in_chans:
-            raise ConfigError(f"images have {images.shape[1]} channels but the model expects {self.in_chans}")
         x = images
+        if x.shape[1] != self.in_chans:  # the Encoder convention: grey -> RGB by repetition, RGB -> grey by mean
+            if x.shape[1] == 1:
+                x = x.expand(-1, self.in_chans, *x.shape[2:])
+            elif self.in_chans == 1:
+                x = x.mean(1, keepdim=True)
+            else:
+                raise ConfigError(f"images have {images.shape[1]} channels but the model expects {self.in_chans}")
         if self.pixel_mean is not None:
             x = x - self.pixel_mean.to(x.dtype)
         if self.pixel_std is not None:
@@ -342,9 +409,23 @@ def tower_config_from_encoder(spec: str, in_chans: int | None = None,
             cfg["pretrained_weights"] = None
             return cfg, tower.state_dict()
         return cfg, None
-    if spec.startswith(("hf:", "openclip:")):
-        raise ConfigError(f"segmentation encoder {spec!r}: hf:/openclip: backbones are not supported yet; use a "
-                          "medvl checkpoint, a preset name (clip-tiny, clip3d-tiny) or timm:<name>")
+    if spec.startswith("hf:"):
+        from medvl.models.encoder import load_encoder
+
+        enc = load_encoder(spec)
+        model = getattr(enc, "model", None)
+        if model is None or hasattr(model, "get_text_features"):
+            raise ConfigError(f"segmentation encoder {spec!r}: only image-only hf: models (ViT, DINOv2) are "
+                              "supported as dense backbones")
+        hf_cfg = model.config.to_dict()
+        cfg = {"type": "hf", "hf_config": hf_cfg, "in_chans": int(enc.in_chans),
+               "image_size": int(image_size or enc.image_size),
+               "mean": list(getattr(enc, "native_mean", ())) or None,
+               "std": list(getattr(enc, "native_std", ())) or None}
+        return cfg, {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
+    if spec.startswith("openclip:"):
+        raise ConfigError(f"segmentation encoder {spec!r}: openclip: backbones are not supported yet; use a "
+                          "medvl checkpoint, a preset name (clip-tiny, clip3d-tiny), timm:<name> or hf:<ViT/DINOv2>")
     from medvl.models.registry import create_model
 
     try:
@@ -390,7 +471,8 @@ def build_seg_model(encoder: str, classes: list[str], task: str, head: str = "fp
                       if not k.startswith(("visual.", "image_projection."))}
     model = SegModel(config, load_pretrained=False)
     if state is not None:
-        model.backbone.tower.load_state_dict(state)
+        target = model.backbone if isinstance(model.backbone, HFPatchFeatures) else model.backbone.tower
+        target.load_state_dict(state)
     if text_state is not None and model.text_model is not None:
         model.text_model.load_state_dict(text_state)
     return model
