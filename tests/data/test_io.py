@@ -515,8 +515,8 @@ def test_colour_dicom_and_real_truncated_file():
     assert ybr.meta.photometric == "RGB (converted from YBR_FULL_422)"
     np.testing.assert_array_equal(to_uint8(ybr), ybr.array)
     cine = get_testdata_file("SC_rgb_rle_2frame.dcm")
-    with pytest.raises(ImageReadError, match="multi-frame colour"):
-        read_image(cine)
+    clip = read_image(cine)  # a colour cine is read whole as a T x H x W x 3 clip
+    assert clip.array.shape == (2, 100, 100, 3) and clip.meta.extra["cine"] is True
     assert read_image(cine, frame=1).array.shape == (100, 100, 3)
     with pytest.raises(ImageReadError, match=r"truncated DICOM file: element \(7FE0,0010\)"):
         read_image(get_testdata_file("MR_truncated.dcm"))

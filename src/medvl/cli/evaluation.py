@@ -55,7 +55,7 @@ def _encoder_kwargs(model: str, image_size: int | None, in_chans: int | None) ->
         kwargs["image_size"] = image_size
     if in_chans is not None:
         kwargs["in_chans"] = in_chans
-    if kwargs and not model.startswith(("timm:", "resnet3d:", "acs:", "2.5d:")):
+    if kwargs and not model.startswith(("timm:", "resnet3d:", "acs:", "2.5d:", "cine:")):
         raise ConfigError("--image-size/--in-chans apply to timm: and volume (resnet3d:/acs:/2.5d:) encoders; "
                           "a medvl checkpoint carries its own")
     return kwargs

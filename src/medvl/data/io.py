@@ -721,10 +721,21 @@ def _dicom_spacing(ds, ndim: int) -> tuple[float, ...]:
 
 
 def _colour_dicom(raw: np.ndarray, ds, path: Path, frame: int | None, extra: dict) -> ImageData:
-    """Colour DICOM (pydicom converts YBR to RGB); multi-frame colour needs ``frame=``."""
+    """Colour DICOM (pydicom converts YBR to RGB): ``H x W x 3``, or a cine clip ``T x H x W x 3``.
+
+    A multi-frame colour file (ultrasound/echo cine) without ``frame=`` is read whole as a clip;
+    ``meta.extra["cine"]`` marks it and ``frame_time_ms`` keeps its timing. Datasets and encoders
+    treat the frame axis like a volume's depth (``cine:`` encoders pool a 2D tower over it).
+    """
     original = str(ds.get("PhotometricInterpretation", "RGB")).strip()
-    if raw.ndim != 3:
-        raise ImageReadError(path, f"multi-frame colour DICOM {raw.shape} is not supported; pass frame=")
+    if raw.ndim == 4 and frame is None:
+        extra["cine"] = True
+        frame_time = _first(ds.get("FrameTime"))
+        if frame_time:
+            extra["frame_time_ms"] = frame_time
+    elif raw.ndim != 3:
+        raise ImageReadError(path, f"colour DICOM decoded to shape {raw.shape}; expected H x W x 3 or a "
+                                   "T x H x W x 3 clip")
     photometric = "RGB" if original == "RGB" else f"RGB (converted from {original})"
     meta = ImageMeta(source=str(path), format="dicom", modality=str(ds.get("Modality", "")),
                      spacing=_pixel_spacing(ds) or (), photometric=photometric,

@@ -293,7 +293,7 @@ class ToTensor(Transform):
 
 
 def array_to_tensor(arr: np.ndarray, spatial_dims: int = 2) -> torch.Tensor:
-    """HxW / HxWx3(4) / DxHxW numpy -> channel-first tensor (same dtype, no scaling)."""
+    """HxW / HxWx3(4) / DxHxW / TxHxWx3(4) numpy -> channel-first tensor (same dtype, no scaling)."""
     arr = np.ascontiguousarray(arr)
     t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
     if spatial_dims == 2:
@@ -303,6 +303,8 @@ def array_to_tensor(arr: np.ndarray, spatial_dims: int = 2) -> torch.Tensor:
             return t.permute(2, 0, 1).contiguous()
     elif arr.ndim == 3:
         return t[None]
+    elif arr.ndim == 4 and arr.shape[-1] in (3, 4):  # colour cine clip T x H x W x 3 -> [3, T, H, W]
+        return t.permute(3, 0, 1, 2).contiguous()
     raise ValueError(f"cannot interpret an array of shape {arr.shape} as a {spatial_dims}D image")
 
 

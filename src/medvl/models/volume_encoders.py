@@ -366,4 +366,18 @@ def load_slices(rest: str, device: str = "cpu", **kwargs: Any) -> VolumeEncoder:
     return _build("2.5d", rest, device, **kwargs)
 
 
-VOLUME_SCHEMAS = ("resnet3d", "acs", "2.5d")
+@register_encoder_schema("cine")
+def load_cine(rest: str, device: str = "cpu", **kwargs: Any) -> VolumeEncoder:
+    """``cine:resnet18[@weights][?pool=mean|max&size=64&in_chans=3]``: 2D+time, a 2D tower per frame pooled over time.
+
+    Same tower as ``2.5d:`` with the frame axis in place of depth and colour input by default
+    (ultrasound/echo clips ``[B, 3, T, H, W]``; datasets resample a clip's frames to ``size``).
+    """
+    if kwargs.get("in_chans") is None and "in_chans=" not in rest:
+        kwargs["in_chans"] = 3
+    enc = _build("2.5d", rest, device, **kwargs)
+    enc.name = "cine:" + enc.name.split(":", 1)[1]
+    return enc
+
+
+VOLUME_SCHEMAS = ("resnet3d", "acs", "2.5d", "cine")
