@@ -215,12 +215,15 @@ def normalise_volume(arr: np.ndarray) -> np.ndarray:
     return np.clip((a - lo) / (hi - lo), 0, 1)
 
 
-def _read_2d(path: Path) -> np.ndarray:
+def _read_2d(path: Path, where: str) -> np.ndarray:
     from medvl.data.io import read_image, to_uint8
 
     u8 = to_uint8(read_image(path))
     if u8.ndim == 3:
-        u8 = u8[..., :3].mean(-1) if u8.shape[-1] in (3, 4) else u8[0]
+        if u8.shape[-1] not in (3, 4):
+            raise ManifestError(f"{where}: {path} is a volume of shape {u8.shape}; 3D segmentation reads NIfTI "
+                                "(.nii/.nii.gz) images and label maps")
+        u8 = u8[..., :3].mean(-1)
     return (u8.astype(np.float32) / 255.0)[None]
 
 
@@ -254,7 +257,7 @@ def load_case(case: SegCase, layout: SegLayout, where: str) -> LoadedCase:
             raise ManifestError(f"{where}: {case.image} has shape {arr.shape}; expected a 3D volume")
         image = normalise_volume(arr)[None]
     else:
-        image = _read_2d(case.image)
+        image = _read_2d(case.image, where)
         spacing = (1.0, 1.0)
     shape = image.shape[1:]
     k = len(layout.classes)
