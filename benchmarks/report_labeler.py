@@ -13,8 +13,8 @@ What it measures, on the real IU X-ray reports of ../shared/data/real/iu_xray_re
 1. **Hand labels**: F1 of the labeler against tests/text/data/iu_hand_labels.csv (50 val reports,
    labelled by reading them; 20 drawn at random, 30 at random among reports with a finding or hedge
    word; the rules were revised after comparing with it, so it is a development set) and, with
-   ``--hand tests/text/data/iu_hand_labels_heldout.csv``, a held-out set (30 train reports, 10 random
-   + 20 with a finding/hedge word, labelled blind before the labeler ever ran on them, never used to
+   ``--hand tests/text/data/iu_hand_labels_heldout.csv``, a held-out set (60 train reports, 10 random
+   + 50 with a finding/hedge word, labelled blind before the labeler ever ran on them, never used to
    change a rule). Per class: F1 of "positive" (1), "negative" (0), "uncertain" (-1) and "mentioned" (not
    blank), as the CheXpert paper reports them. Conventions of the hand labels: "borderline" / "upper
    limits of normal" heart size = uncertain cardiomegaly; "X or Y" = both uncertain; "no definite"
