@@ -9,12 +9,14 @@ What is compared (identical model work per step):
   width-128 causal text transformer, context 64, vocab 4096, embed 64) + the ``infonce``
   objective, stepped by the trainer's own functions (:func:`medvl.train.trainer.forward_loss`,
   :func:`~medvl.train.trainer.trim_padding`, :func:`~medvl.train.trainer.optimizer_update`) with
-  the trainer's defaults: channels-last image layout, multi-tensor (``foreach``) AdamW,
-  no-decay groups, cosine lr, fp32.
+  the trainer's defaults: channels-last image layout, fused AdamW (``optim.impl=auto``), the
+  SDPA text block (no per-layer float masks), no-decay groups, cosine lr, fp32.
 * **ours-plain**: the same code with those speed-ups off (contiguous layout, per-parameter
   AdamW loop): isolates their effect and is the accuracy reference (same init, same batches).
 * **ours-bf16**: ``train.precision=bf16`` (autocast; the loss stays fp32), shown separately
   because it changes the numerics.
+* **ours-compile** (opt-in, ``--variants``): ``train.compile=true`` (``torch.compile`` of the
+  model; the compile time is spent in the warm-up steps and reported separately).
 * **open_clip**: ``open_clip.CLIP`` with ``vision_cfg`` = timm ``test_resnet`` (avg pool, linear
   projection without bias; the trunk rebuilt for 1 input channel, since ``TimmModel`` has no
   ``in_chans``) and ``text_cfg`` = width 128, 2 layers, 4 heads, context 64, vocab 4096;
@@ -66,7 +68,7 @@ def make_batches(n: int, batch: int, size: int, seed: int = 0) -> list[dict[str,
 Step = Callable[[dict[str, Any]], float]
 
 
-def build_ours(args: argparse.Namespace, plain: bool = False, precision: str = "fp32") -> Step:
+def build_ours(args: argparse.Namespace, plain: bool = False, precision: str = "fp32", compile: bool = False) -> Step:
     import torch
 
     from medvl.models import create_model
@@ -91,12 +93,13 @@ def build_ours(args: argparse.Namespace, plain: bool = False, precision: str = "
     opt = build_optimizer(param_groups(model, cfg.optim.weight_decay), cfg, torch.device("cpu"))
     sched = CosineWarmup(opt, 10, 1000)
     params = [p for g in opt.param_groups for p in g["params"]]
+    forward_model = torch.compile(model) if compile else model
 
     def step(b: dict[str, Any]) -> float:
         images = b["image"].contiguous(memory_format=layout)
         ids, mask = (b["input_ids"], b["attention_mask"]) if plain else trim_padding(b["input_ids"],
                                                                                       b["attention_mask"])
-        loss = forward_loss(model, objective, images, ids, mask, b, precision)["loss"]
+        loss = forward_loss(forward_model, objective, images, ids, mask, b, precision, core=model)["loss"]
         loss.backward()
         clip_gradients(params, None)
         optimizer_update(opt, sched, model)
@@ -159,6 +162,8 @@ def build(variant: str, args: argparse.Namespace) -> Step:
         return build_open_clip(args)
     if variant == "ours-bf16":
         return build_ours(args, precision="bf16")
+    if variant == "ours-compile":
+        return build_ours(args, compile=True)
     return build_ours(args, plain=variant == "ours-plain")
 
 
@@ -169,13 +174,16 @@ def child_timing(args: argparse.Namespace) -> dict[str, Any]:
     batches = make_batches(4, args.batch, args.image_size)
     losses: dict[str, list[float]] = {v: [] for v in variants}
     times: dict[str, list[float]] = {v: [] for v in variants}
+    warm: dict[str, float] = {v: 0.0 for v in variants}
     for r in range(args.warmup + args.rounds):
         for v in variants:
             t0 = time.perf_counter()
             losses[v].append(steps[v](batches[r % len(batches)]))
             if r >= args.warmup:
                 times[v].append(time.perf_counter() - t0)
-    return {"times": times, "losses": losses}
+            else:
+                warm[v] += time.perf_counter() - t0
+    return {"times": times, "losses": losses, "warmup_s": warm}
 
 
 def child_memory(args: argparse.Namespace, variant: str) -> dict[str, Any]:
@@ -233,6 +241,15 @@ def main() -> None:
             if v != "open_clip":
                 print(f"  ratio {v}/open_clip: {med['open_clip'] / med[v]:.2f}x (median), "
                       f"{best['open_clip'] / best[v]:.2f}x (best)")
+    if "ours-compile" in variants:
+        extra = timing["warmup_s"]["ours-compile"] - timing["warmup_s"].get("ours", 0.0)
+        gain = med.get("ours", 0.0) - med["ours-compile"]
+        verdict = f"pays after ~{extra / gain:.0f} steps" if gain > 0 else "no faster per step: it does not pay here"
+        print(f"  ours-compile: {extra:.0f} s extra in its {args.warmup} warm-up steps (compiling); {verdict}")
+    ratios = {v: [o / m for o, m in zip(timing["times"]["open_clip"], timing["times"][v], strict=True)]
+              for v in variants if v != "open_clip" and "open_clip" in variants}
+    for v, rs in ratios.items():
+        print(f"  paired per-round ratio {v}/open_clip (adjacent steps): median {statistics.median(rs):.2f}x")
     ref = timing["losses"].get("ours-plain")
     if ref:
         for v in ("ours", "ours-bf16"):

@@ -95,16 +95,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def build_optimizer(params: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW with the multi-tensor (``foreach``) or fused kernel where available.
+    """AdamW with the fused or multi-tensor (``foreach``) kernel where available.
 
     The fused/foreach kernels give the same update as the per-parameter loop up to float
-    rounding and are several times faster for the many small tensors of a tiny model.
+    rounding and are several times faster for the many small tensors of a tiny model. ``auto``
+    is fused on CUDA and on CPU (PyTorch >= 2.4 has a fused CPU AdamW: ~1.5 ms instead of ~20 ms
+    per step for clip-tiny's 1.3 M parameters here), foreach for FSDP's ``DTensor`` shards on CPU.
     """
     o = cfg.optim
     kwargs: dict[str, Any] = {"lr": o.lr, "betas": tuple(o.betas), "eps": o.eps, "weight_decay": o.weight_decay}
     impl = o.impl
     if impl == "auto":
-        impl = "fused" if device.type == "cuda" else "foreach"
+        from torch.distributed.tensor import DTensor
+
+        sharded = any(isinstance(p, DTensor) for g in params for p in g["params"])
+        impl = "fused" if device.type == "cuda" or not sharded else "foreach"
     if impl == "fused":
         kwargs["fused"] = True
     elif impl == "foreach":
