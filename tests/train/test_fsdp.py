@@ -19,7 +19,6 @@ import csv
 import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -167,18 +166,33 @@ def test_fsdp_resume_continues(tiny_manifest: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_multinode_style_launch_runs_medvl_train(tiny_manifest: Path, tmp_path: Path) -> None:
-    """What each node of a cluster runs (``--nnodes``, a c10d rendezvous endpoint), here 1 node x 2 processes."""
+    """What each node of a cluster runs (``--nnodes``, a c10d rendezvous endpoint), here 1 node x 2 processes,
+    through the same ``medvl train --nproc`` entry point."""
     raw = tiny_config(tiny_manifest, tmp_path / "unused")
     cfg = write_config(tmp_path / "cfg.yaml", raw)
     out = tmp_path / "mn"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "medvl-test",
-           "-m", "medvl.cli", "train", "--config", str(cfg), "--out", str(out), *OVERRIDES[:2],
-           "train.max_steps=2", "train.ckpt_every=2"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    r = subprocess.run(medvl_cmd("train", "--config", str(cfg), "--out", str(out), "--nproc", "2", "--nnodes", "1",
+                                 "--rdzv-endpoint", f"localhost:{_free_port()}", "--rdzv-id", "medvl-test",
+                                 *OVERRIDES[:2], "train.max_steps=2", "train.ckpt_every=2"),
+                       capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 process(es)" in r.stderr
     assert len(_losses(out)) == 2
+
+
+def test_launch_commands() -> None:
+    from medvl.errors import ConfigError
+    from medvl.train.launch import torchrun_command
+
+    local = torchrun_command(2, ["train"])
+    assert "--standalone" in local and "--nproc_per_node=2" in local and local[-2:] == ["medvl.cli", "train"]
+    multi = torchrun_command(4, ["train"], nnodes=2, rdzv_endpoint="head:29500", rdzv_id="job7")
+    assert {"--nnodes=2", "--rdzv-backend=c10d", "--rdzv-endpoint=head:29500", "--rdzv-id=job7"} <= set(multi)
+    assert "--standalone" not in multi
+    with pytest.raises(ConfigError, match="needs --rdzv-endpoint"):
+        torchrun_command(2, ["train"], nnodes=2)
+    with pytest.raises(ConfigError, match="HOST:PORT"):
+        torchrun_command(2, ["train"], rdzv_endpoint="head")
 
 
 def test_precision_auto_is_bf16_on_cuda_fp32_on_cpu() -> None:

@@ -24,16 +24,20 @@ def train_cmd(
                                                         "dir (start fresh if there is none)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output dir (overrides train.out_dir)."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine: > 1 re-launches under torchrun (DDP)."),
+    nnodes: int = typer.Option(1, "--nnodes", help="Machines in the job (each runs this same command)."),
+    rdzv_endpoint: str | None = typer.Option(None, "--rdzv-endpoint",
+                                             help="HOST:PORT every node can reach (multi-node rendezvous)."),
+    rdzv_id: str = typer.Option("medvl", "--rdzv-id", help="Job id shared by the nodes of one run."),
 ) -> None:
     """Pretrain a CLIP-style model: checkpoints, metrics.csv, TensorBoard; exact --resume; DDP."""
     from medvl.train.config import load_train_config
     from medvl.train.launch import launched_by_torchrun, spawn_torchrun
 
     cfg = load_train_config(config, overrides or [], out)  # validate before spawning anything
-    if nproc > 1 and not launched_by_torchrun():
+    if (nproc > 1 or nnodes > 1 or rdzv_endpoint) and not launched_by_torchrun():
         args = ["train"] + (["--config", str(config)] if config else []) + list(overrides or [])
         args += (["--resume"] if resume else []) + (["--out", str(out)] if out else [])
-        raise typer.Exit(spawn_torchrun(nproc, args))
+        raise typer.Exit(spawn_torchrun(nproc, args, nnodes, rdzv_endpoint, rdzv_id))
     from medvl.train.trainer import train
 
     result = train(cfg, resume=resume)
