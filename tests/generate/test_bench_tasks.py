@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from medvl.bench.jobs import Job
 from medvl.bench.suite import suite_from_dict
 from medvl.bench.tasks import get_task, run_job
@@ -17,6 +19,7 @@ def _suite(manifest: Path, tasks: list[dict]) -> object:
                             "bootstrap": 20})
 
 
+@pytest.mark.slow
 def test_report_gen_and_vqa_tasks_run_and_skip(caption_run: Path, phantoms: Path, tmp_path: Path) -> None:
     from medvl.data.vqa_synth import generate_vqa
 

@@ -25,6 +25,7 @@ def lm_dir(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_lm(tmp_path_factory.mktemp("lm") / "gpt2-tiny", texts)
 
 
+@pytest.mark.slow
 def test_two_stages_train_what_they_should(caption_run: Path, phantoms: Path, lm_dir: Path, tmp_path: Path) -> None:
     model = build_llava(str(caption_run / "last"), f"hf-lm:{lm_dir}", projector="mlp")
     lm_before = {k: v.clone() for k, v in model.lm.state_dict().items()}
@@ -50,6 +51,7 @@ def test_two_stages_train_what_they_should(caption_run: Path, phantoms: Path, lm
     assert single == [g.tokens for g in first]  # left padding keeps batched == one by one
 
 
+@pytest.mark.slow
 def test_llava_generates_reports_and_answers_through_the_cli(caption_run: Path, phantoms: Path, lm_dir: Path,
                                                              tmp_path: Path) -> None:
     runner = CliRunner()
@@ -71,6 +73,7 @@ def test_lm_folder_without_tokenizer_is_one_line(phantoms: Path, tmp_path: Path)
         lm_folder("hf-lm:/nonexistent/lm")
 
 
+@pytest.mark.slow
 def test_llava_answers_vqa_generatively(caption_run: Path, phantoms: Path, lm_dir: Path, tmp_path: Path) -> None:
     from medvl.data.vqa_synth import generate_vqa
     from medvl.evaluate.vqa import run_vqa_eval
@@ -83,6 +86,7 @@ def test_llava_answers_vqa_generatively(caption_run: Path, phantoms: Path, lm_di
     assert 0.0 <= res.value("accuracy_closed") <= 1.0
 
 
+@pytest.mark.slow
 def test_kv_cache_gives_the_uncached_tokens(caption_run: Path, lm_dir: Path) -> None:
     model = build_llava(str(caption_run / "last"), str(lm_dir), projector="linear")
     images = torch.rand(3, 1, 32, 32)

@@ -41,6 +41,7 @@ def test_report_gen_scores_systems_and_external_files(caption_run: Path, phantom
         evaluate_report_generation(None, phantoms, systems=(), external={"x": bad}, n_boot=10)
 
 
+@pytest.mark.slow
 def test_report_gen_cli_and_bad_options(caption_run: Path, phantoms: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "rg" / "results.json"

@@ -24,16 +24,16 @@ def test_captioner_batched_greedy_equals_single_and_reports_are_keyed_by_study(c
                                                                                phantoms: Path) -> None:
     cap = load_captioner(caption_run)
     manifest = load_manifest(phantoms)
-    run = generate_reports(cap, manifest, "test", DecodeConfig(max_new_tokens=40), batch_size=8)
+    run = generate_reports(cap, manifest, "test", DecodeConfig(max_new_tokens=24), batch_size=8)
     test_ids = [s.study_id for s in manifest.samples if s.split == "test"]
     assert list(run.reports) == test_ids
     assert all(r.strip() for r in run.reports.values())
-    one = generate_reports(cap, manifest, "test", DecodeConfig(max_new_tokens=40), batch_size=1)
+    one = generate_reports(cap, manifest, "test", DecodeConfig(max_new_tokens=24), batch_size=1)
     assert one.reports == run.reports
     words = " ".join(run.reports.values()).lower()
     assert "findings" in words or "impression" in words or "no" in words  # it learned the report vocabulary
-    beams = generate_reports(cap, manifest, "test", DecodeConfig(method="beam", num_beams=3, max_new_tokens=40))
-    sampled = generate_reports(cap, manifest, "test", DecodeConfig(method="sample", top_p=0.9, max_new_tokens=40))
+    beams = generate_reports(cap, manifest, "test", DecodeConfig(method="beam", num_beams=2, max_new_tokens=24))
+    sampled = generate_reports(cap, manifest, "test", DecodeConfig(method="sample", top_p=0.9, max_new_tokens=24))
     assert list(beams.reports) == list(sampled.reports) == test_ids
     images = torch.rand(2, 1, 32, 32)
     g_beam = cap.generate(images, DecodeConfig(method="beam", num_beams=3, max_new_tokens=20))
@@ -41,6 +41,7 @@ def test_captioner_batched_greedy_equals_single_and_reports_are_keyed_by_study(c
     assert all(b.score >= g.score - 1e-4 for b, g in zip(g_beam, g_greedy, strict=True))
 
 
+@pytest.mark.slow
 def test_generate_cli_manifest_and_single_image(caption_run: Path, phantoms: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     out = tmp_path / "pred.jsonl"
@@ -107,6 +108,7 @@ def test_bad_requests_fail_with_one_line(caption_run: Path, phantoms: Path, tmp_
     assert res.exit_code != 0 and "exactly one of --data" in str(res.exception or res.output)
 
 
+@pytest.mark.slow
 def test_caption_decoder_answers_questions_generatively(caption_run: Path, phantoms: Path) -> None:
     from medvl.data.vqa_synth import generate_vqa
     from medvl.evaluate.vqa import answer_with_captioner, evaluate_vqa, load_vqa

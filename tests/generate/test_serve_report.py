@@ -19,6 +19,7 @@ def _png(path: Path) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_report_route_writes_the_generate_cli_report(caption_run: Path, phantoms: Path) -> None:
     from fastapi.testclient import TestClient
 

@@ -65,6 +65,7 @@ def test_decoder_is_causal_and_masks_padding() -> None:
         dec(torch.ones(1, 9, dtype=torch.long), mem[:1])
 
 
+@pytest.mark.slow
 def test_caption_alone_learns_reports_and_combined_config(phantoms: Path, tmp_path: Path) -> None:
     res = train(caption_config(phantoms, tmp_path / "cap", [{"name": "caption", "layers": 1}], steps=20,
                                lr=1e-2, ckpt_every=20))
