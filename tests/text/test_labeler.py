@@ -36,6 +36,8 @@ def lab(text: str) -> dict[str, float]:
     ("The heart is not enlarged.", "Cardiomegaly", 0.0),
     ("The cardiac silhouette is mildly enlarged.", "Cardiomegaly", 1.0),
     ("Borderline cardiomegaly.", "Cardiomegaly", -1.0),
+    ("Heart size is probably enlarged.", "Cardiomegaly", -1.0),   # hedge between anatomy and modifier
+    ("No enlargement of the cardiac silhouette.", "Cardiomegaly", 0.0),
     ("Heart size is upper limits of normal.", "Cardiomegaly", -1.0),
     ("The mediastinum is widened.", "Enlarged Cardiomediastinum", 1.0),
     ("Heart size and mediastinal contour are within normal limits.", "Enlarged Cardiomediastinum", 0.0),

@@ -228,7 +228,7 @@ class Labeler:
 
     def _in_scope(self, s: str, cue: _Cue, start: int, end: int) -> bool:
         if cue.where == "pre":
-            if cue.end > end or cue.start >= start and cue.end > start and cue.start > start:
+            if cue.end > end:  # a cue inside the span counts: "heart size is probably enlarged"
                 return False
             gap = s[cue.end:start] if cue.end <= start else ""
             limit = PRE_NEG_WINDOW if cue.kind == "neg" else PRE_UNC_WINDOW
