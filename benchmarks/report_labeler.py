@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -95,6 +96,20 @@ def score(system: dict[str, Labels], hand: dict[str, Labels], name: str) -> dict
     out["exact"] = sum(exact_all) / len(exact_all)
     print(f"{'micro (13 obs., No Finding excl.)':28s} " + " ".join(f"{out[c]:14.3f}" for c in CATS)
           + f" {out['exact']:6.3f}")
+    obs = [c for c in CHEXPERT_CLASSES if c != NO_FINDING]
+    rng = random.Random(0)
+    reps: dict[str, list[float]] = {cat: [] for cat in CATS}
+    for _ in range(1000):  # reports resampled with replacement (each IU report is one patient)
+        draw = [rng.choice(ids) for _ in ids]
+        for cat, fn in CATS.items():
+            v = f1([fn(system[i][c]) for i in draw for c in obs], [fn(hand[i][c]) for i in draw for c in obs])
+            if v == v:
+                reps[cat].append(v)
+    cis = []
+    for cat in CATS:
+        r = sorted(reps[cat])
+        cis.append(f"[{r[int(0.025 * len(r))]:.2f},{r[int(0.975 * len(r)) - 1]:.2f}]" if r else "-")
+    print(f"{'  95% CI (1000 bootstraps)':28s} " + " ".join(f"{c:>14s}" for c in cis))
     phrase = [c for c in CHEXPERT_CLASSES if c not in (NO_FINDING, *ATTRIBUTE_CLASSES)]
     cells = []
     for fn in CATS.values():
