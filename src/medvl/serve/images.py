@@ -179,13 +179,16 @@ def read_picture(path: str | Path) -> np.ndarray:
     """A local file (indexing, CLI queries) -> 2D uint8 picture, via the documented reader contract
     (:func:`medvl.data.io.read_image` + :func:`~medvl.data.io.to_uint8`; DICOM window, MONOCHROME1).
 
-    Volumes give their middle slice; the photometric tag, not the shape, tells colour from a volume.
+    Volumes give their middle slice and cine clips their middle frame; the photometric tag, not the
+    shape, tells colour from a volume.
     """
     from medvl.data.io import read_image, to_uint8
 
     data = read_image(path)
     arr = to_uint8(data)
     if arr.ndim == 3 and not data.meta.photometric.upper().startswith("RGB"):
+        arr = arr[arr.shape[0] // 2]
+    elif arr.ndim == 4:  # a colour cine clip (T x H x W x 3): its middle frame, like a volume's middle slice
         arr = arr[arr.shape[0] // 2]
     return np.ascontiguousarray(arr)
 
