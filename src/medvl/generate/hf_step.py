@@ -16,10 +16,22 @@ so batched and single decoding see the same positions.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+
+def _cache_kwarg(lm: Any) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (older): the name the LM's forward takes."""
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # a peft wrapper forwards **kwargs
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out: Any) -> Any:
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 class CachedCausalLM:
@@ -33,6 +45,7 @@ class CachedCausalLM:
         self.mask: torch.Tensor | None = None
         self.last_pos: torch.Tensor | None = None
         self.index: dict[tuple[int, tuple[int, ...]], int] = {}
+        self.cache_kw = _cache_kwarg(lm)
 
     @torch.no_grad()
     def _start(self, rows: list[int]) -> torch.Tensor:
@@ -46,7 +59,7 @@ class CachedCausalLM:
             mask[j, width - p.shape[0]:] = 1
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, use_cache=True)
-        self.cache, self.mask, self.last_pos = out.past_key_values, mask, pos[:, -1]
+        self.cache, self.mask, self.last_pos = _returned_cache(out), mask, pos[:, -1]
         return out.logits[:, -1]
 
     @torch.no_grad()
@@ -67,9 +80,9 @@ class CachedCausalLM:
             mask = torch.cat([self.mask[idx], self.mask.new_ones(len(parents), 1)], dim=1)
             pos = self.last_pos[idx] + 1
             new = self.lm.get_input_embeddings()(ids[:, -1:].to(mask.device))
-            out = self.lm(inputs_embeds=new, attention_mask=mask, position_ids=pos[:, None],
-                          past_key_values=self.cache, use_cache=True)
-            self.cache, self.mask, self.last_pos = out.past_key_values, mask, pos
+            out = self.lm(inputs_embeds=new, attention_mask=mask, position_ids=pos[:, None], use_cache=True,
+                          **{self.cache_kw: self.cache})
+            self.cache, self.mask, self.last_pos = _returned_cache(out), mask, pos
             logits = out.logits[:, -1]
         self.index = {(r, s): i for i, (r, s) in enumerate(zip(row_list, seqs, strict=True))}
         return logits
