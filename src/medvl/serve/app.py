@@ -36,7 +36,13 @@ from medvl import __version__
 from medvl.data.card import DatasetCard, card_from_dict
 from medvl.errors import ImageReadError, MedvlError
 from medvl.serve.batching import MicroBatcher
-from medvl.serve.images import DecodedImage, UnsupportedMediaError, decode_upload, to_model_input
+from medvl.serve.images import (
+    DecodedImage,
+    UnsupportedMediaError,
+    decode_upload,
+    encoder_spatial_dims,
+    to_model_input,
+)
 from medvl.serve.index import CaseIndex, CaseRecord
 from medvl.serve.metrics import CONTENT_TYPE, Metrics, MetricsMiddleware
 from medvl.serve.security import BearerAuthMiddleware, BodyLimitMiddleware, SecurityHeadersMiddleware
@@ -286,7 +292,8 @@ class _Service:
     # -- async API used by the endpoints -----------------------------------------------------------
     async def embed_image(self, decoded: DecodedImage) -> np.ndarray:
         enc = self.encoder
-        x = await run_in_threadpool(to_model_input, decoded.pixels, enc.image_size, enc.in_chans, enc.mean, enc.std)
+        x = await run_in_threadpool(to_model_input, decoded.pixels, enc.image_size, enc.in_chans, enc.mean, enc.std,
+                                    encoder_spatial_dims(enc))
         return await self.image_batcher.submit(x)
 
     async def embed_text(self, text: str) -> np.ndarray:

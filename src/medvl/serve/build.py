@@ -18,7 +18,7 @@ import yaml
 
 from medvl.data.manifest import Manifest, Sample, load_manifest, require_known_labels
 from medvl.errors import ImageReadError, MedvlError
-from medvl.serve.images import read_picture, thumbnail_png, to_model_input
+from medvl.serve.images import encoder_spatial_dims, read_picture, thumbnail_png, to_model_input
 from medvl.serve.index import EXACT_THRESHOLD, CaseIndex, CaseIndexError, CaseRecord, file_sha256
 
 Progress = Callable[[int, int], None]
@@ -33,20 +33,21 @@ class EmbeddedCases:
     records: list[CaseRecord]
 
 
-def _decode(manifest: Manifest, sample: Sample) -> np.ndarray:
-    """First view of a row as a uint8 picture; errors name the file and the manifest row."""
+def _decode(manifest: Manifest, sample: Sample, volume: bool = False) -> np.ndarray:
+    """First view of a row as a uint8 picture (whole volume for 3D encoders); errors name file and row."""
     if not sample.image:
         raise ImageReadError(manifest.path, f"row {sample.row}: empty 'image' column")
     path = manifest.resolve(sample.image[0])
     try:
-        return read_picture(path)
+        return read_picture(path, volume=volume)
     except ImageReadError as exc:
         raise ImageReadError(exc.path, f"{exc.reason} (manifest {manifest.path}, row {sample.row})") from exc
 
 
 def encode_pictures(encoder: Any, pictures: Sequence[np.ndarray]) -> np.ndarray:
     """uint8 pictures -> [N, E] float32 L2-normalised image embeddings."""
-    batch = torch.stack([to_model_input(p, encoder.image_size, encoder.in_chans, encoder.mean, encoder.std)
+    dims = encoder_spatial_dims(encoder)
+    batch = torch.stack([to_model_input(p, encoder.image_size, encoder.in_chans, encoder.mean, encoder.std, dims)
                          for p in pictures])
     return _unit(encoder.encode_image(batch))
 
@@ -74,13 +75,14 @@ class _PreparedRows(torch.utils.data.Dataset):
 
     def __init__(self, manifest: Manifest, samples: Sequence[Sample], encoder: Any, thumb_size: int):
         self.manifest, self.samples, self.thumb_size = manifest, list(samples), thumb_size
-        self.pre = (encoder.image_size, encoder.in_chans, encoder.mean, encoder.std)
+        self.dims = encoder_spatial_dims(encoder)
+        self.pre = (encoder.image_size, encoder.in_chans, encoder.mean, encoder.std, self.dims)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bytes]:
-        pic = _decode(self.manifest, self.samples[i])
+        pic = _decode(self.manifest, self.samples[i], volume=self.dims == 3)
         return to_model_input(pic, *self.pre), thumbnail_png(pic, self.thumb_size)
 
 
@@ -210,7 +212,7 @@ def search_index(index_dir: str | Path, *, text: str | None = None, image: str |
             raise MedvlError(f"model {index.meta.model!r} has no text tower; search with --image")
         query = encode_texts(encoder, [text])
     else:
-        query = encode_pictures(encoder, [read_picture(Path(image))])  # type: ignore[arg-type]
+        query = encode_pictures(encoder, [read_picture(Path(image), volume=encoder_spatial_dims(encoder) == 3)])  # type: ignore[arg-type]
     hits = index.search(query, k, space=space)[0]
     records = index.get([i for i, _ in hits], thumbnails=False)
     index.close()

@@ -158,14 +158,64 @@ def _decode_dicom(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return out, meta
 
 
+_NIFTI_MAGICS = (b"n+1\x00", b"ni1\x00")
+MAX_NIFTI_BYTES = 2 * 4 * MAX_PIXELS  # decompression guard for .nii.gz uploads
+
+
+def _nifti_bytes(data: bytes) -> bytes | None:
+    """The uncompressed NIfTI-1 bytes of an upload (``.nii`` or ``.nii.gz``), or None if it is not one."""
+    raw = data
+    if data[:2] == b"\x1f\x8b":
+        import zlib
+
+        try:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            raw = d.decompress(data, MAX_NIFTI_BYTES)
+            if d.unconsumed_tail:
+                raise ImageReadError(UPLOAD, f"compressed NIfTI expands beyond {MAX_NIFTI_BYTES} bytes")
+        except zlib.error:
+            return None
+    return raw if len(raw) >= 352 and raw[344:348] in _NIFTI_MAGICS else None
+
+
+def _decode_nifti(raw: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    """A NIfTI volume from memory, reoriented to RAS like files on disk; only pixels and geometry survive.
+
+    De-identification: the header's free-text fields (``descrip``, ``aux_file``, ``intent_name``,
+    ``db_name``) and any extensions may hold names or IDs; none of them is read or returned.
+    """
+    import nibabel as nib
+
+    from medvl.data.io import ImageData, ImageMeta, to_uint8
+
+    try:
+        img = nib.as_closest_canonical(nib.Nifti1Image.from_bytes(raw))
+        arr = np.asarray(img.dataobj)
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types on corrupt data
+        raise ImageReadError(UPLOAD, f"corrupt NIfTI data ({type(exc).__name__})") from exc
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ImageReadError(UPLOAD, f"NIfTI upload has shape {arr.shape}; a single 3D volume is expected")
+    if arr.size > MAX_PIXELS:
+        raise ImageReadError(UPLOAD, f"NIfTI volume of {arr.shape} voxels exceeds the limit of {MAX_PIXELS}")
+    spacing = [round(float(z), 4) for z in img.header.get_zooms()[:3]]
+    pixels = to_uint8(ImageData(np.ascontiguousarray(arr), ImageMeta(source=UPLOAD, format="nifti")))
+    return pixels, {"modality": "", "spacing": spacing, "orientation": "RAS", "deidentified": True}
+
+
 def decode_upload(data: bytes) -> DecodedImage:
     """Sniff and decode uploaded bytes; raises :class:`UnsupportedMediaError` or :class:`ImageReadError`."""
     fmt = sniff_format(data)
-    if fmt is None:
-        raise UnsupportedMediaError(f"unsupported file type: expected {ACCEPTED_FORMATS}; the file's leading "
-                                    f"bytes match none of them")
+    nifti = _nifti_bytes(data) if fmt is None else None
+    if fmt is None and nifti is None:
+        raise UnsupportedMediaError(f"unsupported file type: expected {ACCEPTED_FORMATS} or NIfTI (.nii/.nii.gz); "
+                                    "the file's leading bytes match none of them")
     meta: dict[str, Any] = {}
-    if fmt == "dicom":
+    if nifti is not None:
+        fmt = "nifti"
+        pixels, meta = _decode_nifti(nifti)
+    elif fmt == "dicom":
         pixels, meta = _decode_dicom(data)
     else:
         pixels = _decode_raster(data, fmt)
@@ -175,7 +225,7 @@ def decode_upload(data: bytes) -> DecodedImage:
     return DecodedImage(fmt, np.ascontiguousarray(pixels), meta)
 
 
-def read_picture(path: str | Path) -> np.ndarray:
+def read_picture(path: str | Path, volume: bool = False) -> np.ndarray:
     """A local file (indexing, CLI queries) -> 2D uint8 picture, via the documented reader contract
     (:func:`medvl.data.io.read_image` + :func:`~medvl.data.io.to_uint8`; DICOM window, MONOCHROME1).
 
@@ -186,6 +236,10 @@ def read_picture(path: str | Path) -> np.ndarray:
 
     data = read_image(path)
     arr = to_uint8(data)
+    if volume:  # a 3D encoder's index: the whole volume (DxHxW, RAS for NIfTI)
+        if arr.ndim != 3 or data.meta.photometric.upper().startswith("RGB"):
+            raise ImageReadError(path, f"the model encodes volumes but this image is {arr.shape}")
+        return np.ascontiguousarray(arr)
     if arr.ndim == 3 and not data.meta.photometric.upper().startswith("RGB"):
         arr = arr[arr.shape[0] // 2]
     elif arr.ndim == 4:  # a colour cine clip (T x H x W x 3): its middle frame, like a volume's middle slice
@@ -203,15 +257,31 @@ def as_2d(pixels: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def to_model_input(pixels: np.ndarray, image_size: int, in_chans: int, mean: Any, std: Any) -> torch.Tensor:
-    """uint8 picture -> ``FloatTensor[C,S,S]`` the encoder expects: same steps as the dataset cache
-    (:func:`medvl.data.transforms.prepare_uint8`), scaled to [0, 1], then ``(x - mean) / std``."""
+def to_model_input(pixels: np.ndarray, image_size: int, in_chans: int, mean: Any, std: Any,
+                   spatial_dims: int = 2) -> torch.Tensor:
+    """uint8 picture -> ``FloatTensor[C,S,S]`` (``[C,S,S,S]`` with ``spatial_dims=3``) the encoder expects:
+    same steps as the dataset cache (:func:`medvl.data.transforms.prepare_uint8`), scaled to [0, 1], then
+    ``(x - mean) / std``. A 3D encoder gets the whole volume; a 2D one its middle slice."""
     from medvl.data.transforms import prepare_uint8
 
-    x = prepare_uint8(as_2d(pixels), image_size, in_chans).float() / 255.0
-    m = torch.as_tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
-    s = torch.as_tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
+    if spatial_dims == 3:
+        if pixels.ndim != 3 or pixels.shape[-1] in (3, 4):
+            raise ImageReadError(UPLOAD, f"this model encodes volumes; the upload is a 2D image {pixels.shape}")
+        x = prepare_uint8(pixels, image_size, in_chans, spatial_dims=3).float() / 255.0
+    else:
+        x = prepare_uint8(as_2d(pixels), image_size, in_chans).float() / 255.0
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    m = torch.as_tensor(list(mean), dtype=torch.float32).view(shape)
+    s = torch.as_tensor(list(std), dtype=torch.float32).view(shape)
     return (x - m) / s
+
+
+def encoder_spatial_dims(encoder: Any) -> int:
+    """3 for volume encoders (``resnet3d:``..., or a medvl CLIP checkpoint with a ``resnet3d`` tower), else 2."""
+    if getattr(encoder, "spatial_dims", 2) == 3:
+        return 3
+    cfg = getattr(getattr(encoder, "model", None), "cfg", None)
+    return 3 if getattr(getattr(cfg, "image", None), "type", "") == "resnet3d" else 2
 
 
 def thumbnail_png(pixels: np.ndarray, size: int = 96) -> bytes:
