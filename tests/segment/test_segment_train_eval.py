@@ -116,3 +116,22 @@ def test_real_hippocampus_volumes(shared_data: Path, tmp_path: Path):
     rec = {x.metric: x for x in res.records}
     assert set(rec["dice"].per_class) == {"anterior", "posterior"} and rec["dice"].n == 2
     assert len(list((tmp_path / "masks").glob("*.nii.gz"))) == 2
+
+
+@pytest.mark.parametrize("column", ["anatomy_mask", "mask"])
+def test_3d_ct_phantoms_cli(column: str, tmp_path: Path):
+    """3D phantoms (issue 17's `data synth --dims 3`): organ label maps (multiclass) and finding masks (multilabel)."""
+    synthetic3d = pytest.importorskip("medvl.data.synthetic3d")
+    manifest = synthetic3d.generate_ct_phantoms(tmp_path / "ct", n=10, size=24)
+    out = tmp_path / "run"
+    res = runner.invoke(app, ["train-seg", f"data.manifest={manifest}", "model.encoder=clip3d-tiny", "model.width=8",
+                              f"data.mask_column={column}", "data.patch_size=[16,16,16]", "optim.max_steps=2",
+                              "optim.batch_size=2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", "segment", "-m", str(out / "last"), "-d", str(manifest), "--n-boot", "10",
+                              "--out", str(tmp_path / "r.json"), "--masks-out", str(tmp_path / "masks")])
+    assert res.exit_code == 0, res.output
+    recs = {r["metric"]: r for r in json.loads((tmp_path / "r.json").read_text())}
+    assert recs["dice"]["config"]["dims"] == 3
+    assert recs["dice"]["label_task"] == ("multiclass" if column == "anatomy_mask" else "multilabel")
+    assert list((tmp_path / "masks").glob("*.nii.gz"))
