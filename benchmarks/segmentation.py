@@ -52,18 +52,20 @@ from medvl.segment.train import BatchMaker, load_seg_config, train_segmentation,
 # nnU-Net on the MSD hippocampus test set (Isensee et al., Nature Methods 2021; MSD leaderboard):
 # Dice about 0.90 (anterior) and 0.89 (posterior). Orientation only: other split, full budget.
 PUBLISHED_MSD = {"anterior": 0.90, "posterior": 0.89}
+TAG = ""
 
 
 class MonaiPeer(nn.Module):
     """MONAI's UNet with the attributes medvl's evaluator reads (task, dims, in_chans, classes, cfg)."""
 
-    def __init__(self, dims: int, classes: list[str], image_size: int, patch: list[int], mask_column: str):
+    def __init__(self, dims: int, classes: list[str], image_size: int, patch: list[int], mask_column: str,
+                 task: str = "multiclass"):
         super().__init__()
         from monai.networks.nets import UNet
 
-        self.net = UNet(spatial_dims=dims, in_channels=1, out_channels=len(classes) + 1,
+        self.net = UNet(spatial_dims=dims, in_channels=1, out_channels=len(classes) + (task == "multiclass"),
                         channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=1)
-        self.task, self.dims, self.in_chans, self.classes = "multiclass", dims, 1, list(classes)
+        self.task, self.dims, self.in_chans, self.classes = task, dims, 1, list(classes)
         self.cfg = {"image_size": image_size, "patch_size": patch, "mask_column": mask_column}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -81,10 +83,13 @@ def train_monai(cfg: Any) -> tuple[MonaiPeer, float, int]:
     seed_everything(cfg.seed)
     manifest, layout, cases = training_cases(cfg)
     dims = 3 if is_volume_path(cases[0].image) else 2
-    model = MonaiPeer(dims, layout.classes, cfg.data.image_size, cfg.data.patch_size, cfg.data.mask_column)
+    model = MonaiPeer(dims, layout.classes, cfg.data.image_size, cfg.data.patch_size, cfg.data.mask_column,
+                      layout.task)
     maker = BatchMaker(CaseCache(manifest, cases, layout), dims, cfg.data.image_size, cfg.data.patch_size,
                        cfg.data.foreground_oversample, cfg.optim.batch_size, cfg.seed)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    # label maps: softmax over background + classes; finding masks (may overlap): one sigmoid per class
+    multiclass = layout.task == "multiclass"
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True) if multiclass else DiceCELoss(sigmoid=True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     model.train()
     t0 = time.perf_counter()
@@ -92,7 +97,7 @@ def train_monai(cfg: Any) -> tuple[MonaiPeer, float, int]:
         x, y, _ = maker(step)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg.optim.lr, cfg.optim.warmup_steps, cfg.optim.max_steps)
-        loss = loss_fn(model(x), class_index(y)[:, None])
+        loss = loss_fn(model(x), class_index(y)[:, None] if multiclass else y.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,7 +121,7 @@ def images_per_second(model: nn.Module, size: int, n: int = 256, batch: int = 32
 
 def run_arm(arm: str, base: list[str], out: Path, seed: int, fraction: float, encoder: str) -> dict[str, Any]:
     over = base + [f"seed={seed}", f"data.label_fraction={fraction}"]
-    run_dir = out / f"{arm}-f{fraction}-s{seed}"
+    run_dir = out / f"{TAG}{arm}-f{fraction}-s{seed}"
     if arm == "monai-unet":
         cfg = load_seg_config(None, over, run_dir)
         model, seconds, n_train = train_monai(cfg)
@@ -134,9 +139,11 @@ def run_arm(arm: str, base: list[str], out: Path, seed: int, fraction: float, en
     ev = segment_eval(target, cfg.data.manifest, "test", n_boot=0, model_name=arm)
     per_case = np.asarray(ev.predictions.extra["dice"], dtype=float)
     per_class = next(r for r in ev.records if r.metric == "dice").per_class
+    present = [r.value for r in ev.records if r.metric.startswith("dice_present/") and r.value == r.value]
     steps_per_epoch = max(1, math.ceil(n_train / cfg.optim.batch_size))
     return {"arm": arm, "seed": seed, "fraction": fraction, "dice": float(per_case.mean()), "per_case": per_case,
-            "per_class": per_class, "ids": ev.predictions.ids, "patients": ev.predictions.patient_ids,
+            "per_class": per_class, "dice_present": float(np.mean(present)) if present else None,
+            "ids": ev.predictions.ids, "patients": ev.predictions.patient_ids,
             "train_seconds": seconds, "sec_per_epoch": seconds / cfg.optim.max_steps * steps_per_epoch,
             "n_train": n_train, "model": target}
 
@@ -158,7 +165,7 @@ def part_2d(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                                   "train.device=cpu", f"train.ckpt_every={args.pretrain_steps}"], enc_dir)
         train(tcfg)
         print(f"pretrained clip-tiny: {args.pretrain_steps} steps in {time.perf_counter() - t0:.0f} s")
-    base = [f"data.manifest={manifest}", "data.mask_column=anatomy_mask", "data.image_size=64",
+    base = [f"data.manifest={manifest}", f"data.mask_column={args.mask_column}", "data.image_size=64",
             f"optim.max_steps={args.steps}", f"optim.batch_size={args.batch}", "optim.lr=0.002",
             "log_every=1000", "model.width=32"]
     rows = []
@@ -181,7 +188,10 @@ def part_2d(args: argparse.Namespace, out: Path) -> dict[str, Any]:
             dices = [r["dice"] for r in rs]
             sd = float(np.std(dices, ddof=1)) if len(dices) > 1 else 0.0
             classes = rs[0]["per_class"]
+            pres = [r["dice_present"] for r in rs if r["dice_present"] is not None]
             per_arm[arm] = {"mean": float(np.mean(dices)), "sd": sd, "ci": [ci.low, ci.high], "seeds": dices,
+                            "dice_present_mean": float(np.mean(pres)) if pres else None,
+                            "dice_present_sd": float(np.std(pres, ddof=1)) if len(pres) > 1 else None,
                             "per_class": {c: float(np.mean([r["per_class"][c] for r in rs])) for c in classes}}
             if arm == "monai-unet":
                 ref = avg
@@ -297,10 +307,15 @@ def main() -> None:
     ap.add_argument("--hippocampus", default="../shared/data/real/msd_hippocampus/manifest.csv")
     ap.add_argument("--skip-2d", action="store_true")
     ap.add_argument("--skip-3d", action="store_true")
+    ap.add_argument("--mask-column", default="anatomy_mask",
+                    help="part 1's masks: anatomy_mask (lungs, heart) or mask (the findings, multilabel)")
+    ap.add_argument("--tag", default="", help="prefix of run folders and of the JSON (several part-1 variants)")
     ap.add_argument("--prompts", action="store_true", help="part 3: zero-shot text masks vs a text-conditioned "
                                                            "decoder (needs part 1's pretrained encoder)")
     ap.add_argument("--quick", action="store_true", help="tiny budgets: a smoke run of the whole script")
     args = ap.parse_args()
+    global TAG
+    TAG = f"{args.tag}-" if args.tag else ""
     if args.quick:
         args.n, args.pretrain_steps, args.steps, args.seeds, args.steps_3d = 120, 20, 10, [0, 1], 5
     torch.set_num_threads(1)
@@ -309,7 +324,7 @@ def main() -> None:
     report: dict[str, Any] = {"args": vars(args), "torch_threads": torch.get_num_threads()}
     t0 = time.perf_counter()
     if not args.skip_2d:
-        print("part 1: 2D organ segmentation on chest phantoms (test split)")
+        print(f"part 1: 2D segmentation of the phantoms' {args.mask_column} masks (test split)")
         report["2d"] = part_2d(args, out)
         for fraction, arms in report["2d"]["fractions"].items():
             print(f"fraction {fraction}:")
@@ -317,6 +332,8 @@ def main() -> None:
                 vs = s.get("vs_monai")
                 extra = f"; vs MONAI {vs['delta']:+.3f} [{vs['ci'][0]:+.3f}, {vs['ci'][1]:+.3f}] p={vs['p']:.3f}" \
                     if vs else ""
+                if s.get("dice_present_mean") is not None:
+                    extra += f"; Dice on present findings {s['dice_present_mean']:.3f} ± {s['dice_present_sd']:.3f}"
                 print(f"  {arm:15s} Dice {s['mean']:.3f} ± {s['sd']:.3f} (CI {s['ci'][0]:.3f}-{s['ci'][1]:.3f}){extra}")
         for arm, c in report["2d"]["cost"].items():
             print(f"  {arm:15s} {c['sec_per_epoch']:.2f} s/epoch ({c.get('epoch_time_ratio_vs_monai', 1):.2f}x MONAI), "
@@ -333,7 +350,8 @@ def main() -> None:
                 per = ", ".join(f"{k} {v[0]:.3f}" for k, v in r["dice"].items())
                 print(f"  {name}: mean Dice {r['mean']:.3f} ({per})")
     report["seconds"] = time.perf_counter() - t0
-    name = "segmentation-prompts.json" if args.skip_2d and args.skip_3d else "segmentation.json"
+    name = f"segmentation{TAG and '-' + TAG.rstrip('-')}" + ("-prompts" if args.skip_2d and args.skip_3d else "")
+    name += ".json"
     (out / name).write_text(json.dumps(report, indent=1, default=lambda o: o.tolist() if hasattr(o, "tolist")
                                        else str(o)))
     print(f"wrote {out / name} ({report['seconds']:.0f} s)")
