@@ -78,3 +78,49 @@ def test_cine_and_volume_files_index_with_a_2d_model(tmp_path):
     p = Path(tmp_path / "v.npz")
     np.savez(p, image=np.arange(5 * 6 * 7, dtype=np.uint8).reshape(5, 6, 7))
     assert read_picture(p).shape == (6, 7) and read_picture(p, volume=True).shape == (5, 6, 7)
+
+
+def _series_zip(zs, patient: str = "Doe^Jane") -> bytes:
+    import io
+    import zipfile
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("README.txt", "exported by PACS")
+        for i, z in enumerate(zs):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+            ds.SeriesInstanceUID, ds.Modality, ds.PatientName, ds.PatientID = "1.2.3", "CT", patient, "MRN777"
+            ds.Rows, ds.Columns = 4, 5
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.PixelSpacing = [0.8, 0.8]
+            ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1000.0
+            ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, float(z)], [1, 0, 0, 0, 1, 0]
+            ds.PixelData = np.full((4, 5), 100 * i, np.int16).tobytes()
+            f = io.BytesIO()
+            ds.save_as(f, enforce_file_format=True)
+            zf.writestr(f"{patient}/IMG{i:03d}.dcm", f.getvalue())
+    return buf.getvalue()
+
+
+def test_dicom_series_zip_upload_is_deidentified_and_checked():
+    from medvl.errors import ImageReadError
+    from medvl.serve.images import decode_upload
+
+    dec = decode_upload(_series_zip([3, 1, 0, 2]))  # unsorted on purpose
+    assert dec.format == "dicom-zip" and dec.pixels.shape == (4, 4, 5)
+    assert dec.meta["deidentified"] is True and dec.meta["skipped_files"] == 1
+    assert "Doe" not in repr(dec.meta) and "MRN777" not in repr(dec.meta)
+    means = dec.pixels.reshape(4, -1).mean(1)
+    # files written at z = 3, 1, 0, 2 with values 0, 100, 200, 300: sorted by position, slices hold 200, 100, 300, 0
+    assert list(np.argsort(means)) == [3, 1, 0, 2]
+    with pytest.raises(ImageReadError, match="missing slice"):
+        decode_upload(_series_zip([0, 1, 2, 4, 5]))

@@ -760,6 +760,21 @@ def read_dicom_series(folder: str | Path, *, window: WindowArg = "auto") -> Imag
     if not folder.is_dir():
         raise ImageReadError(folder, "not a folder")
     slices, skipped = _load_series(folder)
+    return series_from_datasets(slices, folder, window=window, skipped=skipped)
+
+
+def series_from_datasets(slices: list[tuple[Path, Any]], folder: str | Path, *, window: WindowArg = "auto",
+                         skipped: list[str] | None = None) -> ImageData:
+    """:func:`read_dicom_series` for pydicom Datasets already in memory (e.g. a zip upload, de-identified first).
+
+    ``slices``: ``(name, dataset)`` pairs (names only label slices in metadata and messages);
+    ``folder`` names the series. Same checks, sorting and spacing as files in a folder.
+    """
+    folder = Path(folder)
+    window = _resolve_window(window)
+    if not slices:
+        raise ImageReadError(folder, "no DICOM image slices in the series")
+    slices = [(Path(p), ds) for p, ds in slices]
     _check_series(folder, slices)
     slices, positions, sorted_by = _sort_slices(folder, slices)
     extra: dict[str, Any] = {"n_slices": len(slices), "files": [p.name for p, _ in slices],

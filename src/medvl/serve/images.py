@@ -204,15 +204,73 @@ def _decode_nifti(raw: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     return pixels, {"modality": "", "spacing": spacing, "orientation": "RAS", "deidentified": True}
 
 
+MAX_ZIP_MEMBERS = 4000
+
+
+def _decode_dicom_zip(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
+    """A DICOM series uploaded as a zip, in memory: every slice de-identified as soon as it is parsed.
+
+    Member names are never used (they may carry patient names); non-DICOM members are skipped and
+    counted; the series gets the same checks, sorting and spacing as a folder on disk
+    (:func:`medvl.data.io.series_from_datasets`), and a missing slice is refused.
+    """
+    import zipfile
+
+    import pydicom
+
+    from medvl.data.io import series_from_datasets, to_uint8
+    from medvl.data.volume_preprocess import volume_problems
+
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+        members = [m for m in zf.infolist() if not m.is_dir()]
+    except (zipfile.BadZipFile, ValueError) as exc:
+        raise ImageReadError(UPLOAD, f"corrupt zip archive ({type(exc).__name__})") from exc
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise ImageReadError(UPLOAD, f"zip holds {len(members)} files; at most {MAX_ZIP_MEMBERS} slices accepted")
+    if sum(m.file_size for m in members) > MAX_NIFTI_BYTES:
+        raise ImageReadError(UPLOAD, f"zip expands beyond {MAX_NIFTI_BYTES} bytes")
+    slices, skipped = [], 0
+    for m in members:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(zf.read(m)), force=False)
+        except Exception:  # noqa: BLE001 - not DICOM (readme, DICOMDIR index...): skipped and counted
+            skipped += 1
+            continue
+        ds = deidentify_dicom(ds)  # before anything else reads the dataset
+        if "PixelData" not in ds:
+            skipped += 1
+            continue
+        slices.append((Path(f"slice{len(slices):04d}"), ds))
+    if not slices:
+        raise ImageReadError(UPLOAD, f"zip holds no DICOM image slices ({skipped} other file(s))")
+    rows, cols = int(slices[0][1].get("Rows", 0) or 0), int(slices[0][1].get("Columns", 0) or 0)
+    if rows * cols * len(slices) > MAX_PIXELS:
+        raise ImageReadError(UPLOAD, f"series of {len(slices)}x{rows}x{cols} voxels exceeds the limit of {MAX_PIXELS}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # irregular gaps are judged below, not logged
+        image = series_from_datasets(slices, UPLOAD)
+    bad = [msg for code, msg in volume_problems(image) if code == "missing_slices"]
+    if bad:
+        raise ImageReadError(UPLOAD, bad[0])
+    meta = {"modality": str(slices[0][1].get("Modality", "")), "photometric": image.meta.photometric,
+            "deidentified": True, "spacing": [round(float(v), 4) for v in image.meta.spacing],
+            "skipped_files": skipped}
+    return to_uint8(image), meta
+
+
 def decode_upload(data: bytes) -> DecodedImage:
     """Sniff and decode uploaded bytes; raises :class:`UnsupportedMediaError` or :class:`ImageReadError`."""
     fmt = sniff_format(data)
     nifti = _nifti_bytes(data) if fmt is None else None
-    if fmt is None and nifti is None:
-        raise UnsupportedMediaError(f"unsupported file type: expected {ACCEPTED_FORMATS} or NIfTI (.nii/.nii.gz); "
-                                    "the file's leading bytes match none of them")
+    if fmt is None and nifti is None and not data.startswith(b"PK\x03\x04"):
+        raise UnsupportedMediaError(f"unsupported file type: expected {ACCEPTED_FORMATS}, NIfTI (.nii/.nii.gz) "
+                                    "or a DICOM series as .zip; the file's leading bytes match none of them")
     meta: dict[str, Any] = {}
-    if nifti is not None:
+    if fmt is None and nifti is None:
+        fmt = "dicom-zip"
+        pixels, meta = _decode_dicom_zip(data)
+    elif nifti is not None:
         fmt = "nifti"
         pixels, meta = _decode_nifti(nifti)
     elif fmt == "dicom":
