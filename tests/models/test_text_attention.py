@@ -137,3 +137,25 @@ def test_dropout_is_active_in_training_only() -> None:
     assert not torch.allclose(tower(ids, mask), tower(ids, mask))
     tower.eval()
     torch.testing.assert_close(tower(ids, mask), tower(ids, mask))
+
+
+@pytest.mark.parametrize(("causal", "pool", "left"), [(True, "eot", False), (False, "cls", False),
+                                                      (True, "eot", True), (True, "cls", False)])
+def test_pooled_forward_equals_pooling_every_token(causal: bool, pool: str, left: bool) -> None:
+    """``forward`` runs the last block at the pooled position only; same features and gradients."""
+    tower = _tower(causal, pool).train()
+    ids, mask = _batch([16, 3, 9, 1, 12], left=left)
+    w = torch.randn(5, tower.width, generator=torch.Generator().manual_seed(5))
+    params = list(tower.parameters())
+    fast = tower(ids, mask)
+    full = pool_tokens(tower.forward_tokens(ids, mask), mask, pool)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+    g_fast = torch.autograd.grad((fast * w).sum(), params, allow_unused=True)
+    g_full = torch.autograd.grad((full * w).sum(), params, allow_unused=True)
+    for a, b in zip(g_fast, g_full, strict=True):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # fp32 summation order
+    tower.set_grad_checkpointing(True)
+    torch.testing.assert_close(tower(ids, mask), fast)

@@ -72,6 +72,27 @@ class TextBlock(nn.TransformerEncoderLayer):
         x = x + self.dropout1(self._attend(self.norm1(x), attn_mask, is_causal))
         return x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(self.norm2(x))))))
 
+    def forward_at(self, x: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        """The block's output ``[B, W]`` at one position per row only (what a pooled tower needs).
+
+        Keys and values come from every token, the query and the MLP only from ``positions``:
+        the MLP (2/3 of the block's work) runs on B rows instead of B * L. ``key_mask``
+        ``[B, 1, 1, L]`` (bool) says which keys each row's query may see.
+        """
+        attn = self.self_attn
+        b, seq, width = x.shape
+        heads = attn.num_heads
+        rows = torch.arange(b, device=x.device)
+        h = self.norm1(x)
+        w_q, w_kv = attn.in_proj_weight.split([width, 2 * width])
+        b_q, b_kv = (None, None) if attn.in_proj_bias is None else attn.in_proj_bias.split([width, 2 * width])
+        q = F.linear(h[rows, positions], w_q, b_q).view(b, 1, heads, width // heads).transpose(1, 2)
+        k, v = F.linear(h, w_kv, b_kv).view(b, seq, 2, heads, width // heads).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                             dropout_p=attn.dropout if self.training else 0.0)
+        y = x[rows, positions] + self.dropout1(attn.out_proj(out.reshape(b, width)))
+        return y + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(self.norm2(y))))))
+
     def _attend(self, h: torch.Tensor, attn_mask: torch.Tensor | None, is_causal: bool) -> torch.Tensor:
         attn = self.self_attn
         b, seq, width = h.shape
@@ -151,25 +172,49 @@ class TransformerTextTower(nn.Module):
             nn.init.normal_(self.token_embedding.weight, std=0.02)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled features ``[B, width]``, equal to pooling :meth:`forward_tokens` (fp32 tolerance).
+
+        For ``eot``/``cls`` pooling only one position per row is read, so the last block runs its
+        query and MLP at that position only (:meth:`TextBlock.forward_at`) and the final norm
+        sees B rows instead of B * L; ``mean`` pooling needs every token.
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        return pool_tokens(self.forward_tokens(input_ids, attention_mask), attention_mask, self.pool)
+        if self.pool == "mean" or not len(self.layers):
+            return pool_tokens(self.forward_tokens(input_ids, attention_mask), attention_mask, self.pool)
+        x = self._run(input_ids, attention_mask, list(self.layers)[:-1])
+        if self.pool == "cls":
+            positions = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        else:
+            positions = attention_mask.long().sum(dim=1).clamp(min=1) - 1
+        # The pooled query's row of the mask forward_tokens would use (attention_mask_for).
+        keys = attention_mask.bool()[:, None, None, :]
+        if self.causal:
+            idx = torch.arange(x.shape[1], device=x.device)[None, :]
+            seen = (idx <= positions[:, None])[:, None, None, :]
+            keys = (keys & seen) | (idx == positions[:, None])[:, None, None, :]
+        return self.ln_final(self.layers[-1].forward_at(x, positions, keys))
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-token states ``[B, L, width]`` after the final norm (what ``forward`` pools)."""
+        """Per-token states ``[B, L, width]`` after the final norm."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        return self.ln_final(self._run(input_ids, attention_mask, list(self.layers)))
+
+    def _run(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: list[nn.Module]) -> torch.Tensor:
         seq = input_ids.shape[1]
         if seq > self.context_length:
             raise ConfigError(f"input_ids length {seq} exceeds text.context_length {self.context_length}")
         x = self.token_embedding(input_ids) + self.positional_embedding[:seq]
+        if not layers:
+            return x
         mask, is_causal = attention_mask_for(attention_mask, self.causal)
-        for layer in self.layers:
+        for layer in layers:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(layer, x, mask, is_causal, use_reentrant=False)
             else:
                 x = layer(x, mask, is_causal)
-        return self.ln_final(x)
+        return x
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
