@@ -144,3 +144,16 @@ def test_vectorised_bootstrap_auroc_equals_the_loop(task: str) -> None:
     boot = _Boot(n, np.repeat(np.arange(n // 3), 3), 200, seed=1)
     loop = np.array([metric_value("auroc", p.take(i)) for i in boot.idx])
     np.testing.assert_allclose(boot.values(p, "auroc"), loop, rtol=1e-12, atol=1e-12)
+
+
+def test_worst_group_ignores_groups_too_small_for_a_ci() -> None:
+    rng = np.random.default_rng(1)
+    n = 202
+    y = np.r_[rng.integers(0, 2, 200), 0, 1]
+    s = np.where(y == 1, 0.7, 0.3) + rng.normal(0, 0.15, n)
+    s[200], s[201] = 0.9, 0.1  # a 2-image group ranked exactly wrong: AUROC 0
+    group = np.array(["a"] * 100 + ["b"] * 100 + ["tiny"] * 2)
+    res = subgroup_analysis(prepare(np.clip(s, 0, 1), y, "binary"), group, "g", "auroc", None, n_boot=100)
+    tiny = next(g for g in res.groups if g.group == "tiny")
+    assert tiny.value.value == 0.0 and "too small" in tiny.note
+    assert res.worst in ("a", "b") and not np.isnan(res.gap.low) and "1 smaller group" in res.note

@@ -506,10 +506,20 @@ def subgroup_analysis(p: Prepared, values: Sequence[str], column: str, metric: s
     defined = [g for g in out if not math.isnan(g.value.value)]
     if len(defined) < 2:
         return SubgroupResult(column, out, note=f"{metric} is defined in fewer than two groups: no gap")
-    worst = min(defined, key=lambda g: g.value.value)
-    best = max(defined, key=lambda g: g.value.value)
+    # The worst group is looked for among groups large enough for a CI: a 2-image group's AUROC of 0 or 1
+    # is noise, and naming it "the worst group" would be the loudest number on the card.
+    sized = [g for g in defined if not g.note]
+    pool = sized if len(sized) >= 2 else defined
+    worst = min(pool, key=lambda g: g.value.value)
+    best = max(pool, key=lambda g: g.value.value)
     gap = _diff(reps[best.group], reps[worst.group])
-    note = "" if not math.isnan(gap.low) else "gap without CI: the best or the worst group is too small for one"
+    small = len(defined) - len(sized)
+    if pool is sized:
+        note = f"worst/best among the {len(sized)} groups large enough for a CI" + (
+            f"; {small} smaller group(s) listed without one" if small else "")
+        note = "" if not small else note
+    else:
+        note = "gap without CI: fewer than two groups are large enough for one"
     return SubgroupResult(column, out, worst.group, best.group, gap, note)
 
 
