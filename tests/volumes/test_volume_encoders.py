@@ -140,3 +140,11 @@ def test_acs_keeps_2d_weights_from_a_weights_file(tmp_path):
     assert enc.mean != (0.0,)  # pretrained statistics (ImageNet, averaged to one channel)
     i3d = load_encoder(f"resnet3d:resnet18@{path}").tower.trunk.layer1[0].conv2.weight
     torch.testing.assert_close(i3d.sum(2), model2d.layer1[0].conv2.weight)
+
+
+def test_small_stem_option_is_a_no_op_for_resnet3d():
+    from medvl.evaluate.finetune import use_small_stem
+
+    tower = load_encoder("resnet3d:resnet18").tower
+    use_small_stem(tower)  # already the 3x3/1 stem: no "not a ResNet" error
+    assert tower.trunk.conv1.stride == (1, 1, 1)

@@ -159,6 +159,8 @@ def image_backbone(encoder: Any) -> nn.Module:
 
 def use_small_stem(backbone: nn.Module) -> None:
     """Replace a ResNet's 7x7/2 conv + max-pool by a 3x3/1 conv (the 28-px MedMNIST ResNet stem)."""
+    if getattr(backbone, "stem", None) == "small":  # volume towers (resnet3d:) are built with it already
+        return
     for m in backbone.modules():
         conv, pool = getattr(m, "conv1", None), getattr(m, "maxpool", None)
         if isinstance(conv, nn.Conv2d) and pool is not None:
