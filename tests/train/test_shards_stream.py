@@ -125,3 +125,27 @@ def test_missing_url_is_one_clear_error(served: tuple[Path, Path, str]) -> None:
     _, _, url = served
     with pytest.raises(ManifestError, match="index.json"):
         ShardDataset(url + "/nope", **KW)
+
+
+def test_train_streaming_from_http_resumes_exactly(served: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """data.stream_buffer: 2 steps + --resume to 4 == 4 steps straight (the stream position is restored)."""
+    from safetensors.torch import load_file
+
+    manifest, _, url = served
+    const = [f"data.shards={url}", "data.stream_buffer=8", "optim.min_lr_ratio=1.0", "optim.warmup_steps=0",
+             "train.batch_size=8", "train.ckpt_every=2"]
+
+    def run(out: Path, steps: int, resume: bool = False) -> list[float]:
+        raw = tiny_config(manifest, out)
+        res = train(build_train_config(raw, [*const, f"train.max_steps={steps}"]), resume=resume)
+        return [loss for _, loss in res.losses]
+
+    straight = run(tmp_path / "straight", 6)  # 6 steps of 8 > 36 samples: crosses an epoch boundary
+    first = run(tmp_path / "resumed", 3)
+    rest = run(tmp_path / "resumed", 6, resume=True)
+    assert first + rest == pytest.approx(straight, rel=1e-6)
+    a = load_file(tmp_path / "straight" / "last" / "weights.safetensors")
+    b = load_file(tmp_path / "resumed" / "last" / "weights.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Exception, match="data.stream_buffer"):
+        build_train_config(tiny_config(manifest, tmp_path / "x"), ["data.stream_buffer=4"])

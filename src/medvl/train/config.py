@@ -30,6 +30,13 @@ DISTRIBUTED = ("ddp", "fsdp")
 class DataConfig:
     """Where the image-report pairs come from and how they are turned into tensors.
 
+    ``shards`` (a directory or an fsspec URL: ``https://``, ``s3://``, ``gs://``) replaces the
+    manifest. By default shards are read by random access (one byte-range read per sample, the
+    exact global shuffle of a manifest run); ``stream_buffer: N`` instead streams each shard with
+    one sequential read, shards shuffled per epoch and samples through an N-sample shuffle
+    buffer (:class:`medvl.train.shards.ShardStream`): far fewer requests to an object store, a
+    local shuffle only. Resume is exact either way.
+
     ``empty_text`` is the policy for training pairs whose report is empty: ``skip`` removes them
     from the training index before the first step (a pair without text has no positive partner
     in a contrastive loss, and removing them up front keeps every batch, on every rank, the same
@@ -46,6 +53,7 @@ class DataConfig:
     on_error: str = "raise"
     empty_text: str = "skip"
     num_workers: int = 0
+    stream_buffer: int = 0  # with data.shards: 0 = random access; N > 0 = stream shards through an N-sample buffer
 
 
 @dataclass
@@ -220,7 +228,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key, v in positive.items():
         if v < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {v}")
+    if cfg.data.stream_buffer and not cfg.data.shards:
+        raise ConfigError("config key 'data.stream_buffer' streams tar shards: set data.shards too")
     nonneg = {"train.epochs": cfg.train.epochs, "train.max_steps": cfg.train.max_steps,
+              "data.stream_buffer": cfg.data.stream_buffer,
               "optim.warmup_steps": cfg.optim.warmup_steps, "data.num_workers": cfg.data.num_workers,
               "train.keep_last": cfg.train.keep_last, "train.threads": cfg.train.threads}
     for key, v in nonneg.items():

@@ -275,28 +275,46 @@ class ShardStream(torch.utils.data.IterableDataset):
     Samples, pixels and augmentation are those of :class:`ShardDataset` (same index, same
     per-sample seeds); only the order differs: :func:`stream_order`. With ``world_size`` ranks,
     rank ``r`` takes stream positions ``r, r + world_size, ...`` (every sample once per epoch
-    over all ranks). ``state_dict()`` is ``{"epoch", "position"}`` (global stream positions
-    consumed); loading it and iterating continues at exactly the next sample. Each iteration
-    covers the rest of the current epoch and then advances it. Memory: at most ``buffer`` raw
+    over all ranks); with ``global_batch`` B it takes instead the ``r``-th contiguous slice of
+    each block of B positions (the trainer's DDP slicing: W ranks together see the batches one
+    process sees), and an epoch ends after its last full block. ``state_dict()`` is ``{"epoch",
+    "position"}`` (global stream positions consumed); loading it and iterating continues at
+    exactly the next sample. Each iteration covers the rest of the current epoch and then
+    advances it (``endless``: and the following epochs, forever). ``indices`` restricts the
+    stream to those entries (e.g. the trainer's usable pairs). Memory: at most ``buffer`` raw
     images are held. Use with ``num_workers=0`` (one ordered stream); decoding is per sample.
     """
 
-    def __init__(self, source: str | Path, split: str | None = "train", buffer: int = 1000, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, **dataset_kwargs: Any):
+    def __init__(self, source: str | Path | ShardDataset, split: str | None = "train", buffer: int = 1000,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, indices: list[int] | None = None,
+                 global_batch: int | None = None, endless: bool = False, **dataset_kwargs: Any):
         super().__init__()
         if buffer < 1:
             raise ManifestError(f"shuffle buffer must be >= 1, got {buffer}")
-        self.dataset = ShardDataset(source, split=split, seed=seed, **dataset_kwargs)
+        if global_batch is not None and global_batch % world_size:
+            raise ManifestError(f"global batch {global_batch} is not divisible by {world_size} ranks")
+        self.dataset = source if isinstance(source, ShardDataset) else \
+            ShardDataset(source, split=split, seed=seed, **dataset_kwargs)
         self.buffer, self.seed, self.rank, self.world_size = int(buffer), int(seed), int(rank), int(world_size)
+        self.global_batch, self.endless = global_batch, bool(endless)
+        keep = set(range(len(self.dataset.entries))) if indices is None else set(indices)
         by_shard: list[list[int]] = [[] for _ in self.dataset.shards]
         for i, e in enumerate(self.dataset.entries):
-            by_shard[e["shard"]].append(i)
+            if i in keep:
+                by_shard[e["shard"]].append(i)
         self.shard_entries = by_shard
         self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:  # this rank's samples per epoch
-        n = len(self.dataset)
+        n = sum(len(e) for e in self.shard_entries)
+        if self.global_batch:
+            return n // self.global_batch * (self.global_batch // self.world_size)
         return n // self.world_size + (1 if self.rank < n % self.world_size else 0)
+
+    def _mine(self, p: int) -> bool:
+        if self.global_batch:
+            return (p % self.global_batch) // (self.global_batch // self.world_size) == self.rank
+        return p % self.world_size == self.rank
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
@@ -308,11 +326,19 @@ class ShardStream(torch.utils.data.IterableDataset):
         return stream_order(self.shard_entries, self.seed, self.epoch if epoch is None else epoch, self.buffer)
 
     def __iter__(self) -> Any:
+        while True:
+            yield from self._epoch()
+            if not self.endless:
+                return
+
+    def _epoch(self) -> Any:
         import tarfile as _tar
 
         order = self.order()
+        if self.global_batch:
+            order = order[:len(order) // self.global_batch * self.global_batch]
         self.dataset.set_epoch(self.epoch)
-        wanted = {order[p]: p for p in range(self.position, len(order)) if p % self.world_size == self.rank}
+        wanted = {order[p]: p for p in range(self.position, len(order)) if self._mine(p)}
         todo = sorted(wanted.values())
         held: dict[int, bytes] = {}
         nxt = 0
@@ -348,6 +374,18 @@ class ShardStream(torch.utils.data.IterableDataset):
             raise ManifestError(f"{self.dataset.directory}: sample {missing['key']} (row {missing['row']}) is in "
                                 f"the index but not in {self.dataset.shards[missing['shard']]}")
         self.epoch, self.position = self.epoch + 1, 0
+
+
+def stream_loader(dataset: ShardDataset, indices: list[int], collate: Any, buffer: int, seed: int, batch_size: int,
+                  rank: int, world_size: int, epoch: int, batch_in_epoch: int) -> torch.utils.data.DataLoader:
+    """The trainer's loader for ``data.stream_buffer > 0``: this rank's micro-batches, endlessly, from
+    global batch ``(epoch, batch_in_epoch)`` on (the same position bookkeeping as the random-access
+    sampler: ``len(indices) // batch_size`` batches per epoch)."""
+    stream = ShardStream(dataset, buffer=buffer, seed=seed, rank=rank, world_size=world_size, indices=indices,
+                         global_batch=batch_size, endless=True)
+    stream.load_state_dict({"epoch": epoch, "position": batch_in_epoch * batch_size})
+    return torch.utils.data.DataLoader(stream, batch_size=batch_size // world_size, collate_fn=collate,
+                                       num_workers=0)
 
 
 def _open_stream(location: str | Path) -> Any:

@@ -377,6 +377,11 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
         generator=torch.Generator().manual_seed(cfg.train.seed),
         persistent_workers=False,
     )
+    if cfg.data.stream_buffer:  # stream the shards (one read per shard) through a shuffle buffer
+        from medvl.train.shards import stream_loader
+
+        loader = stream_loader(data.dataset, list(data.indices), data.collate, cfg.data.stream_buffer,
+                               cfg.train.seed, cfg.train.batch_size, info.rank, info.world_size, *pos)
     delay = float(os.environ.get("MEDVL_DEBUG_STEP_DELAY", "0") or 0)
     last_ckpt = resume_dir
     losses: list[tuple[int, float]] = []
