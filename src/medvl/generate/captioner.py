@@ -105,7 +105,9 @@ class Captioner:
 
     def decode_tokens(self, tokens: list[int]) -> str:
         """Token ids -> text; the from-scratch tokenizer splits punctuation off, so re-attach it."""
-        return re.sub(r"\s+([.,:;!?)])", r"\1", self.model.tokenizer.decode(tokens)).strip()
+        text = re.sub(r"\s+([.,:;!?)%])", r"\1", self.model.tokenizer.decode(tokens))
+        text = re.sub(r"([(])\s+", r"\1", text)
+        return re.sub(r"(\w) - (?=\w)", r"\1-", text).strip()  # "51 - year - old" -> "51-year-old"
 
 
 def attach_caption_decoder(model: Any, path: str | Path, device: str | torch.device = "cpu") -> Captioner:
