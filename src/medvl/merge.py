@@ -168,10 +168,17 @@ def wise_curve(checkpoints: Sequence[tuple[float, str | Path]], data: str | Path
                             in_site=in_site, n_boot=n_boot, seed=seed, device=device, cache_dir=cache_dir,
                             model_name=f"alpha={alpha:g}", extras=())
         ins = [s for s in r.sites if s.role == "in"]
-        shift = [s.value.value for s in r.sites if s.role == "shift"]
+        shifted = [s for s in r.sites if s.role == "shift"]
+        shift = [s.value.value for s in shifted]
         cor = [c.value.value for c in r.cells]
-        rows.append({"alpha": float(alpha), "metric": r.metric, "clean": r.clean.value,
-                     "in_distribution": ins[0].value.value if ins else r.clean.value,
+        ind = ins[0].value if ins else r.clean
+
+        def ci(iv: Any) -> list[float] | None:
+            return None if iv is None or math.isnan(iv.low) else [iv.low, iv.high]
+
+        rows.append({"alpha": float(alpha), "metric": r.metric, "clean": r.clean.value, "clean_ci": ci(r.clean),
+                     "in_distribution": ind.value, "in_distribution_ci": ci(ind),
                      "shifted_sites": float(sum(shift) / len(shift)) if shift else None,
+                     "shifted_sites_ci": ci(shifted[0].value) if len(shifted) == 1 else None,
                      "corrupted": float(sum(cor) / len(cor)) if cor else None, "checkpoint": str(ckpt)})
     return rows

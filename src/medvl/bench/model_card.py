@@ -259,8 +259,12 @@ def card_blocks(report: Any, data: dict[str, Any] | None, figures: dict[str, str
     wc = report.extras.get("wise_curve")
     if wc:
         b.append(("h2", "Weight interpolation (WiSE-FT)"))
-        b.append(("table", (["alpha", "in-distribution", "other sites", "corrupted"],
-                            [[f"{r['alpha']:g}", _f(r["in_distribution"]), _f(r.get("shifted_sites")),
+        def with_ci(r: dict[str, Any], key: str) -> str:
+            ci = r.get(f"{key}_ci")
+            return _f(r.get(key)) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
+
+        b.append(("table", (["alpha", "in-distribution", "other sites", "corrupted (mean)"],
+                            [[f"{r['alpha']:g}", with_ci(r, "in_distribution"), with_ci(r, "shifted_sites"),
                               _f(r.get("corrupted"))] for r in wc])))
         if "wise" in figures:
             b.append(("img", (figures["wise"], "in-distribution vs shifted over alpha")))
