@@ -96,3 +96,18 @@ def test_kv_cache_gives_the_uncached_tokens(caption_run: Path, lm_dir: Path) -> 
         plain = model.generate(images, cfg, instructions=["Is there a nodule?", "Describe.", "Side?"], cache=False)
         assert [g.tokens for g in cached] == [g.tokens for g in plain], cfg.method
         assert [g.score for g in cached] == pytest.approx([g.score for g in plain], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_adapter_on_a_tiny_llama_with_rotary_positions(caption_run: Path, phantoms: Path, tmp_path: Path) -> None:
+    texts = [s.text for s in load_manifest(phantoms).samples]
+    folder = make_tiny_lm(tmp_path / "llama-tiny", texts, arch="llama")
+    model = build_llava(str(caption_run / "last"), f"hf-lm:{folder}", projector="mlp")
+    res = train_llava(model, phantoms, tmp_path / "adapter", stage=2, steps=3, lr=3e-3, batch_size=8)
+    assert any("lora_" in k for k in model.lm.state_dict()) and len(res.losses) == 3
+    images = torch.rand(2, 1, 32, 32)
+    for cfg in (DecodeConfig(max_new_tokens=8), DecodeConfig(method="beam", num_beams=2, max_new_tokens=6)):
+        cached = model.generate(images, cfg)
+        assert [g.tokens for g in cached] == [g.tokens for g in model.generate(images, cfg, cache=False)]
+    again = load_llava(tmp_path / "adapter").generate(images, DecodeConfig(max_new_tokens=8))
+    assert [g.tokens for g in again] == [g.tokens for g in model.generate(images, DecodeConfig(max_new_tokens=8))]

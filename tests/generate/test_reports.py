@@ -119,3 +119,25 @@ def test_caption_decoder_answers_questions_generatively(caption_run: Path, phant
     assert set(answers) == {it.id for it in items}
     res = evaluate_vqa(items, answers, n_boot=20, config={"mode": "generate"})
     assert 0.0 <= res.value("accuracy_all") <= 1.0
+
+
+def test_normal_baseline_on_real_iu_xray_reports(shared_data: Path, tmp_path: Path) -> None:
+    """Report-only real data (no labels, no images): the labeler picks a normal report; it is scored."""
+    import csv
+
+    from medvl.evaluate.reports import evaluate_reports
+    from medvl.generate.baselines import normal_reports, reads_normal
+
+    data = json.loads((shared_data / "real" / "iu_xray_reports" / "reports.json").read_text())
+    rows = [{"image": "none.png", "text": r["report"], "split": split, "patient_id": r["id"], "study_id": r["id"]}
+            for split, n in (("train", 300), ("val", 40)) for r in data[split][:n]]
+    path = tmp_path / "iu.csv"
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    run = normal_reports(load_manifest(path), "val", "train")
+    texts = set(run.reports.values())
+    assert len(run.reports) == 40 and len(texts) == 1 and reads_normal(texts.pop())
+    res = evaluate_reports(run.reports, path, split="val", n_boot=20)[0]
+    assert 0 < res.value("rouge_l") < 1
