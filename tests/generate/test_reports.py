@@ -59,6 +59,12 @@ def test_generate_cli_manifest_and_single_image(caption_run: Path, phantoms: Pat
     res = runner.invoke(app, ["generate", "--model", str(caption_run), "--data", str(phantoms), "--system",
                               "normal", "--out", str(tmp_path / "normal.jsonl")])
     assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["generate", "--model", str(caption_run), "--image", str(image), "--system", "retrieval",
+                              "--train-data", str(phantoms)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["report"] in {s.text for s in manifest.samples}
+    res = runner.invoke(app, ["generate", "--model", str(caption_run), "--image", str(image), "--system", "retrieval"])
+    assert res.exit_code != 0 and "--train-data" in str(res.exception)
 
 
 def test_baselines_write_one_report_per_study(caption_run: Path, phantoms: Path) -> None:

@@ -36,6 +36,9 @@ def generate(
     batch_size: int = typer.Option(16, "--batch-size", help="Images decoded together."),
     train_split: str = typer.Option("train", "--train-split",
                                     help="Split the baselines learn from (retrieval, normal, template)."),
+    train_data: Path | None = typer.Option(None, "--train-data",
+                                           help="Manifest the baselines learn from (default: --data; needed "
+                                                "with --image)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
 ) -> None:
     """Write a draft report per study (or for one --image) as JSONL keyed by study id."""
@@ -49,7 +52,7 @@ def generate(
     cfg = DecodeConfig(method=method, max_new_tokens=max_tokens, min_new_tokens=min_tokens, num_beams=beams,
                        length_penalty=length_penalty, temperature=temperature, top_p=top_p, seed=seed).validate()
     run = run_system(system, model, data=data, image=image, split=None if split == "all" else split, cfg=cfg,
-                     batch_size=batch_size, train_split=train_split, device=device)
+                     batch_size=batch_size, train_split=train_split, device=device, train_data=train_data)
     if out is None:
         for sid, text in run.reports.items():
             typer.echo(json.dumps({"study_id": sid, "report": text}))

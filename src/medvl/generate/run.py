@@ -41,7 +41,8 @@ def run_system(system: str, model: str | Path, *, data: str | Path | None = None
         return generate_reports(load_captioner(model, device=device), query, split, cfg, batch_size)
     source = train_data if train_data is not None else data
     if source is None:
-        raise ConfigError(f"the {system!r} baseline learns from a training manifest: pass train_data with an image")
+        raise ConfigError(f"the {system!r} baseline learns from a training manifest: pass --train-data MANIFEST "
+                          f"with --image")
     train = load_manifest(source)
     if system == "normal":
         return normal_reports(train, split, train_split, query=query)
