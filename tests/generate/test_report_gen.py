@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from medvl.cli.app import app
 from medvl.errors import ConfigError, MedvlError
-from medvl.evaluate.report_gen import evaluate_report_generation, parse_external, summary_rows
+from medvl.evaluate.report_gen import evaluate_report_generation, parse_external, side_by_side_html, summary_rows
 from medvl.generate import DecodeConfig
 
 
@@ -32,6 +32,13 @@ def test_report_gen_scores_systems_and_external_files(caption_run: Path, phantom
     assert (tmp_path / "preds" / "model.jsonl").is_file()
     assert res.speed["model"] > 0
 
+    first = test[0].study_id
+    res.reports["oracle"][first] = "<script>alert(1)</script> Large pneumothorax. Cardiomegaly."
+    page = side_by_side_html(res, phantoms, "test", max_studies=5)
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("<img") == 5 and "data:image/png;base64," in page
+    assert "chip fp" in page or "chip ok" in page  # the labeler's findings are shown per system
+
     bad = tmp_path / "bad.jsonl"
     bad.write_text("".join(json.dumps({"study_id": s.study_id, "report": s.text}) + "\n" for s in test[1:]))
     with pytest.raises(MedvlError, match="have no prediction"):
@@ -51,6 +58,7 @@ def test_report_gen_cli_and_bad_options(caption_run: Path, phantoms: Path, tmp_p
     records = json.loads(out.read_text())
     assert {r["model"] for r in records} == {"model", "normal"}
     assert "normal" in json.loads(out.with_name("results.compare.json").read_text())
+    assert "Generated vs reference reports" in out.with_name("results.html").read_text()
     with pytest.raises(ConfigError, match="NAME=FILE"):
         parse_external(["nofile"])
     with pytest.raises(ConfigError, match="unknown report system"):

@@ -154,7 +154,12 @@ def eval_report_gen(
         path = save_results(list(res.runs.values()), out)
         comps = {name: c.to_dict() for name, c in res.comparisons.items()}
         out.with_name(f"{out.stem}.compare.json").write_text(json.dumps(comps, indent=1))
-        console.print(f"results: {path}; paired tests: {out.stem}.compare.json; reports: {pred_dir}/")
+        from medvl.evaluate.report_gen import side_by_side_html
+
+        page = out.with_name(f"{out.stem}.html")
+        page.write_text(side_by_side_html(res, data, split), encoding="utf-8")
+        console.print(f"results: {path}; paired tests: {out.stem}.compare.json; reports: {pred_dir}/; "
+                      f"side by side: {page.name}")
 
 
 llava_app = typer.Typer(help="LLaVA-style adapter: medvl encoder + projector + a local causal LM.",

@@ -34,6 +34,7 @@ class ReportGenResult:
     prediction_files: dict[str, Path] = field(default_factory=dict)
     speed: dict[str, float] = field(default_factory=dict)  # name -> reports/s
     reference: str = REFERENCE_SYSTEM
+    reports: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> study id -> generated report
 
 
 def parse_external(specs: list[str]) -> dict[str, Path]:
@@ -81,8 +82,10 @@ def evaluate_report_generation(model: str | Path | None, data: str | Path, *, sy
         if pred_dir is not None:
             result.prediction_files[name] = write_predictions(run, Path(pred_dir) / f"{name}.jsonl")
         result.runs[name] = evaluate_reports(run.reports, data, model_name=name, **kw)[0]
+        result.reports[name] = run.reports
     for name, path in external.items():
-        result.runs[name] = evaluate_reports(read_predictions(path), data, model_name=name, **kw)[0]
+        result.reports[name] = read_predictions(path)
+        result.runs[name] = evaluate_reports(result.reports[name], data, model_name=name, **kw)[0]
         result.prediction_files[name] = path
     ref = REFERENCE_SYSTEM if REFERENCE_SYSTEM in result.runs else next(iter(result.runs))
     result.reference = ref
@@ -111,3 +114,74 @@ def summary_rows(result: ReportGenResult, metrics: tuple[str, ...] = HEADLINE) -
             row["reports_per_s"] = result.speed[name]
         rows.append(row)
     return rows
+
+
+def _thumbnail(path: Path, size: int = 96) -> str:
+    """``data:`` URI of a small PNG of the first image (empty when it cannot be read: the page still renders)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except (OSError, ValueError):
+        return ""
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _findings(labels: dict[str, float | None]) -> set[str]:
+    return {c for c, v in labels.items() if v == 1.0 and c != "No Finding"}
+
+
+_CSS = """body{font:14px/1.45 system-ui,sans-serif;margin:1.5rem;color:#222}table{border-collapse:collapse;width:100%}
+td,th{border-top:1px solid #ddd;padding:.5rem;vertical-align:top;text-align:left}th{background:#f4f4f4}
+img{width:96px;image-rendering:pixelated}.chip{display:inline-block;border-radius:3px;padding:0 .3rem;margin:.1rem;
+font-size:12px}.ok{background:#d7f0d9}.fp{background:#f8d0d0}.fn{background:#fde7c2}.sys{font-weight:600}
+.legend span{margin-right:1rem}"""
+
+
+def side_by_side_html(result: ReportGenResult, data: str | Path, split: str | None = "test", max_studies: int = 100,
+                      classes: list[str] | None = None) -> str:
+    """A self-contained page: per study a thumbnail, the reference and every system's report, with the
+    report labeler's findings as chips -- agreed (green), only in the generated report (red: a false
+    positive), only in the reference (orange: missed). Every text is HTML-escaped."""
+    import html
+
+    from medvl.evaluate.reports import report_references
+    from medvl.text.labeler import label_reports
+
+    ids, refs, _, rows, m = report_references(data, split)
+    by_row = {s.row: s for s in m.samples}
+    shown = list(zip(ids, refs, rows, strict=True))[:max_studies]
+    names = list(result.reports)
+    ref_labels = label_reports([r for _, r, _ in shown], classes)
+    sys_labels = {n: label_reports([result.reports[n].get(i, "") for i, _, _ in shown], classes) for n in names}
+    out = ["<!doctype html><html lang=en><head><meta charset=utf-8><title>generated vs reference reports</title>",
+           f"<style>{_CSS}</style></head><body><h1>Generated vs reference reports</h1>",
+           f"<p>{html.escape(str(data))} / {html.escape(str(split))}: {len(shown)} of {len(ids)} studies. Chips: the "
+           "report labeler's positive findings.</p><p class=legend><span class='chip ok'>agrees</span>"
+           "<span class='chip fp'>only generated (false positive)</span><span class='chip fn'>only reference "
+           "(missed)</span></p><table><tr><th>study</th><th>reference</th>"
+           + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"]
+    for k, (sid, ref, row) in enumerate(shown):
+        sample = by_row[row]
+        thumb = _thumbnail(m.resolve(sample.image[0])) if sample.image else ""
+        img = f"<br><img alt='study {html.escape(sid)}' src='{thumb}'>" if thumb else ""
+        truth = _findings(ref_labels[k])
+        cells = [f"<td>{html.escape(sid)}{img}</td>",
+                 f"<td>{html.escape(ref)}<br>" + "".join(f"<span class='chip ok'>{html.escape(c)}</span>"
+                                                        for c in sorted(truth)) + "</td>"]
+        for n in names:
+            got = _findings(sys_labels[n][k])
+            chips = [f"<span class='chip ok'>{html.escape(c)}</span>" for c in sorted(got & truth)]
+            chips += [f"<span class='chip fp'>{html.escape(c)}</span>" for c in sorted(got - truth)]
+            chips += [f"<span class='chip fn'>{html.escape(c)}</span>" for c in sorted(truth - got)]
+            cells.append(f"<td>{html.escape(result.reports[n].get(sid, ''))}<br>{''.join(chips)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table></body></html>")
+    return "\n".join(out)
