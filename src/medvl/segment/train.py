@@ -211,8 +211,8 @@ def prompt_batch(model: SegModel, target: torch.Tensor, rng: np.random.Generator
     """(prompt, one-channel target) for a prompted model; a pure function of the step's RNG.
 
     Box: a present class per image, its jittered bounding box (an image without any structure gets a
-    random box and an empty target: "nothing of interest in here"). Text: any class (present or
-    absent), its text embedding; the target is that class's mask, possibly empty.
+    random box and an empty target: "nothing of interest in here"). Text: a present class half the
+    time, else any class; its text embedding; the target is that class's mask, possibly empty.
     """
     t = target.numpy()
     prompts, targets = [], []
@@ -231,7 +231,9 @@ def prompt_batch(model: SegModel, target: torch.Tensor, rng: np.random.Generator
                 targets.append(torch.zeros((1, *t.shape[2:]), dtype=torch.bool))
         else:
             assert class_emb is not None
-            c = int(rng.integers(t.shape[1]))
+            # Half the time a class that is present (findings are rare: uniform picks would be mostly empty
+            # targets and the decoder learns to answer "nothing"), else any class (it must also say "absent").
+            c = int(rng.choice(present)) if present and rng.random() < 0.5 else int(rng.integers(t.shape[1]))
             prompts.append(class_emb[c].cpu())
             targets.append(torch.from_numpy(t[b, c:c + 1]))
     return torch.stack(prompts), torch.stack(targets)
