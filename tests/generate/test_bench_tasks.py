@@ -34,6 +34,7 @@ def test_report_gen_and_vqa_tasks_run_and_skip(caption_run: Path, phantoms: Path
     assert {r.config.get("variant") for r in recs} == {"model", "normal"}
     assert all(r.model == "cap" for r in recs) and any(r.metric == "bleu4" for r in recs)
     assert (tmp_path / "results" / "rg.reports" / "model.jsonl").is_file()
+    assert (tmp_path / "results" / "rg.reports" / "side_by_side.html").is_file()
 
     vqa_out = tmp_path / "results" / "vqa.json"
     assert run_job(Job("cap", suite.tasks[1], 0), str(caption_run), phantoms, suite, vqa_out).startswith(

@@ -55,6 +55,10 @@ def run(ctx: TaskContext) -> list[EvalResult] | str:
                                      train_split=p.get("train_split", "train"), cfg=cfg, n_boot=ctx.suite.bootstrap,
                                      seed=ctx.seed, device=ctx.device,
                                      pred_dir=ctx.out_dir / f"{ctx.out_path.stem}.reports")
+    from medvl.evaluate.report_gen import side_by_side_html
+
+    page = ctx.out_dir / f"{ctx.out_path.stem}.reports" / "side_by_side.html"  # generated vs reference, per study
+    page.write_text(side_by_side_html(res, ctx.manifest_path, ctx.split), encoding="utf-8")
     out = []
     for system, run_ in res.runs.items():
         for rec in run_.records:
