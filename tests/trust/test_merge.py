@@ -118,7 +118,12 @@ def test_card_draws_a_wise_curve_and_bad_files_are_refused(tmp_path: Path) -> No
     report = RobustnessReport(model="m", dataset="d", split="test", protocol="zeroshot", metric="auroc",
                               label_task="binary", modality="xray", n=10, n_groups=10, clean=Interval(0.7),
                               extras={"wise_curve": load_wise_curve(tmp_path / "wise.json")})
-    assert any("alpha = 0" in c for c in caveats(report))  # the most robust mix on the shifted sites
+    assert any("most robust mix on other-site AUROC is alpha = 0" in c for c in caveats(report))
+    overlapping = [{**r, "shifted_sites_ci": [r["shifted_sites"] - 0.2, r["shifted_sites"] + 0.2]} for r in rows]
+    report_ci = RobustnessReport(model="m", dataset="d", split="test", protocol="zeroshot", metric="auroc",
+                                 label_task="binary", modality="xray", n=10, n_groups=10, clean=Interval(0.7),
+                                 extras={"wise_curve": overlapping})
+    assert any("no mix is clearly more robust" in c for c in caveats(report_ci))
     md, html, _ = write_model_card(report, tmp_path / "card", data={})
     assert "## Weight interpolation (WiSE-FT)" in md.read_text() and "wise.png" in html.read_text()
     (tmp_path / "bad.json").write_text("{}")

@@ -182,10 +182,19 @@ def caveats(report: Any) -> list[str]:
                    "of them.")
     wc = report.extras.get("wise_curve")
     if wc:
-        best = max(wc, key=lambda r: (r.get("shifted_sites") or r.get("corrupted") or -1))
-        out.append(f"Weight interpolation: the most robust mix is alpha = {best['alpha']:g} "
-                   f"(in-distribution {_f(best['in_distribution'])}, shifted "
-                   f"{_f(best.get('shifted_sites') or best.get('corrupted'))}).")
+        key = "shifted_sites" if any(r.get("shifted_sites") is not None for r in wc) else "corrupted"
+        best = max(wc, key=lambda r: r.get(key) if r.get(key) is not None else -1)
+        worst = min(wc, key=lambda r: r.get(key) if r.get(key) is not None else 2)
+        cis = [r.get(f"{key}_ci") for r in (best, worst)]
+        overlap = all(cis) and cis[0][0] <= cis[1][1]
+        what = "other-site" if key == "shifted_sites" else "mean corrupted"
+        if overlap:
+            out.append(f"Weight interpolation: {what} {m} moves only from {_f(worst.get(key))} (alpha = "
+                       f"{worst['alpha']:g}) to {_f(best.get(key))} (alpha = {best['alpha']:g}), inside overlapping "
+                       "CIs: no mix is clearly more robust.")
+        else:
+            out.append(f"Weight interpolation: the most robust mix on {what} {m} is alpha = {best['alpha']:g} "
+                       f"({_f(best.get(key))}; in-distribution {_f(best['in_distribution'])}).")
     return out
 
 
