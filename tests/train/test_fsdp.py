@@ -118,13 +118,15 @@ OVERRIDES = ["model.overrides.image.name=test_vit", "model.overrides.image.patch
 
 
 @pytest.mark.slow
-def test_medvl_train_fsdp_matches_one_process(tiny_manifest: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["fsdp", "ddp"])
+def test_medvl_train_fsdp_matches_one_process(tiny_manifest: Path, tmp_path: Path, mode: str) -> None:
+    """Both distributed modes (DDP shares the accumulation/no-sync helper) follow the 1-process run."""
     raw = tiny_config(tiny_manifest, tmp_path / "unused")
     cfg = write_config(tmp_path / "cfg.yaml", raw)
     one, two = tmp_path / "one", tmp_path / "two"
     train(build_train_config(raw, [*OVERRIDES, f"train.out_dir={one}"]))
     r = subprocess.run(medvl_cmd("train", "--config", str(cfg), "--out", str(two), "--nproc", "2", *OVERRIDES,
-                                 "train.distributed=fsdp"), capture_output=True, text=True, timeout=240)
+                                 f"train.distributed={mode}"), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 process(es)" in r.stderr
     a, b = _losses(one), _losses(two)

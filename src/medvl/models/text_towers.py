@@ -68,11 +68,16 @@ class TextBlock(nn.TransformerEncoderLayer):
     """
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,  # type: ignore[override]
-                is_causal: bool = False) -> torch.Tensor:
+                is_causal: bool = False, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """``[B, L, W] -> [B, L, W]``; with ``positions`` (one per row), ``[B, W]`` at those positions
+        only (:meth:`forward_at`, ``attn_mask`` then being the ``[B, 1, 1, L]`` key mask). One entry
+        point, so module hooks (FSDP's all-gather, checkpointing) see both uses."""
+        if positions is not None:
+            return self.forward_at(x, positions, attn_mask)
         x = x + self.dropout1(self._attend(self.norm1(x), attn_mask, is_causal))
         return x + self.dropout2(self.linear2(self.dropout(self.activation(self.linear1(self.norm2(x))))))
 
-    def forward_at(self, x: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    def forward_at(self, x: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """The block's output ``[B, W]`` at one position per row only (what a pooled tower needs).
 
         Keys and values come from every token, the query and the MLP only from ``positions``:
@@ -193,7 +198,7 @@ class TransformerTextTower(nn.Module):
             idx = torch.arange(x.shape[1], device=x.device)[None, :]
             seen = (idx <= positions[:, None])[:, None, None, :]
             keys = (keys & seen) | (idx == positions[:, None])[:, None, None, :]
-        return self.ln_final(self.layers[-1].forward_at(x, positions, keys))
+        return self.ln_final(self.layers[-1](x, keys, False, positions))
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Per-token states ``[B, L, width]`` after the final norm."""
