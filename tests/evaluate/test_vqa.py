@@ -155,3 +155,14 @@ def test_bad_answer_files_and_manifests_fail_with_one_line(vqa: Path, tmp_path: 
         w.writerows(rows)
     with pytest.raises(ManifestError, match="row 4: answer_type must be closed or open"):
         load_vqa(bad)
+
+
+def test_statement_prompts_read_like_reports() -> None:
+    from medvl.evaluate.vqa import statement_prompt
+
+    assert statement_prompt("Is there a pleural effusion?", "no") == "no pleural effusion"
+    assert statement_prompt("Is there an enlarged heart?", "yes") == "enlarged heart"
+    assert statement_prompt("On which side is the nodule?", "left") == "left nodule"
+    assert statement_prompt("Compared with the prior study, is the consolidation new, unchanged or resolved?",
+                            "resolved") == "resolved consolidation"
+    assert statement_prompt("How many abnormal findings are there?", "2") == "How many abnormal findings are there? 2"

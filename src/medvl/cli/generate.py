@@ -75,6 +75,8 @@ def eval_vqa(
                                                     "(caption decoder continues the question); auto = rank."),
     split: str = typer.Option("test", "--split", help="Split to score ('all': every row)."),
     answer_type: str | None = typer.Option(None, "--answer-type", help="Score only closed or only open questions."),
+    prompt: str = typer.Option("qa", "--prompt", help="Ranking prompts: qa ('Is there a nodule? no') or "
+                                                      "statement ('no nodule')."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patient-level)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -87,7 +89,7 @@ def eval_vqa(
     from medvl.evaluate.vqa import run_vqa_eval
 
     res = run_vqa_eval(data, model=model, answers=answers, split=None if split == "all" else split, mode=mode,
-                       n_boot=n_boot, seed=seed, device=device, answer_type=answer_type)
+                       n_boot=n_boot, seed=seed, device=device, answer_type=answer_type, prompt=prompt)
     console = Console()
     console.print(records_table(res.records, title=f"VQA: {model or answers} on {data.parent.name}/{split}"))
     if out is not None:

@@ -20,10 +20,11 @@ result, so ``medvl eval compare A.json B.json`` runs a paired bootstrap between 
 a medvl model and an external MedGemma/LLaVA-Med answer file alike.
 
 Answering with a medvl dual encoder ranks each question's candidates by the cosine between the
-image and the text ``"<question> <candidate>"``; open questions rank the answers that question has
-anywhere in the manifest (its answer vocabulary). A caption decoder answers generatively: the
-question is its prompt and the continuation its answer (only meaningful for a decoder trained on
-question-answer text).
+image and a prompt: ``"<question> <candidate>"`` (default), or the answer as a report-like statement
+("Is there a nodule?" + "no" -> "no nodule", ``prompt="statement"``, :func:`statement_prompt`); open
+questions rank the answers that question has anywhere in the manifest (its answer vocabulary). A
+caption decoder answers generatively: the question is its prompt and the continuation its answer
+(only meaningful for a decoder trained on question-answer text).
 """
 
 from __future__ import annotations
@@ -275,8 +276,47 @@ def _unique_images(manifest: Manifest, items: list[VQAItem]) -> tuple[list[Sampl
     return samples, {"|".join(s.image): i for i, s in enumerate(samples)}
 
 
-def rank_answers(encoder: Any, manifest: Manifest, items: list[VQAItem], batch_size: int = 64) -> dict[str, str]:
-    """CLIP-style answers: the candidate whose ``"<question> <candidate>"`` is closest to the image."""
+_STATEMENTS = (  # question pattern -> statement for an answer; {x}: the captured finding, {a}: the answer
+    (re.compile(r"^is there (?:an? |any )?(.+?)\??$", re.I), {"yes": "{x}", "no": "no {x}"}),
+    (re.compile(r"^on which side is the (.+?)\??$", re.I), "{a} {x}"),
+    (re.compile(r"^how large is the (.+?)\??$", re.I), "{a} {x}"),
+    (re.compile(r"^compared with the prior study, is the (.+?) new, unchanged or resolved\??$", re.I), "{a} {x}"),
+)
+
+
+def statement_prompt(question: str, answer: str) -> str:
+    """The answer as a report-like statement ("Is there a nodule?" + "no" -> "no nodule"), which a model
+    trained on reports ranks better than "question answer"; unknown question forms fall back to that."""
+    q, a = question.strip(), answer.strip()
+    for pattern, form in _STATEMENTS:
+        m = pattern.match(q)
+        if m is None:
+            continue
+        if isinstance(form, dict):
+            if a.lower() in form:
+                return form[a.lower()].format(x=m.group(1))
+            continue
+        return form.format(x=m.group(1), a=a)
+    return f"{q} {a}"
+
+
+PROMPT_STYLES = ("statement", "qa")
+
+
+def rank_answers(encoder: Any, manifest: Manifest, items: list[VQAItem], batch_size: int = 64,
+                 prompt: str = "qa") -> dict[str, str]:
+    """CLIP-style answers: the candidate whose prompt is closest to the image.
+
+    ``prompt="qa"`` (default) uses ``"<question> <candidate>"``; ``"statement"`` turns each (question,
+    candidate) into a report-like statement (:func:`statement_prompt`). On phantoms neither is better
+    overall (statements help laterality and change, hurt presence: CLIP-style negation), see BENCHMARKS.
+    """
+    if prompt not in PROMPT_STYLES:
+        raise ConfigError(f"prompt style must be one of {', '.join(PROMPT_STYLES)}, got {prompt!r}")
+
+    def text(question: str, candidate: str) -> str:
+        return statement_prompt(question, candidate) if prompt == "statement" else f"{question} {candidate}"
+
     from medvl.evaluate.features import extract_features
 
     if not getattr(encoder, "has_text", False):
@@ -290,12 +330,12 @@ def rank_answers(encoder: Any, manifest: Manifest, items: list[VQAItem], batch_s
     prompts: dict[str, int] = {}
     for it in items:
         for c in candidates_of(it, vocab):
-            prompts.setdefault(f"{it.question} {c}", len(prompts))
+            prompts.setdefault(text(it.question, c), len(prompts))
     text_x = encoder.encode_text(list(prompts), batch_size=256).float().numpy()
     out = {}
     for it in items:
         cands = candidates_of(it, vocab)
-        sims = text_x[[prompts[f"{it.question} {c}"] for c in cands]] @ image_x[index["|".join(it.image)]]
+        sims = text_x[[prompts[text(it.question, c)] for c in cands]] @ image_x[index["|".join(it.image)]]
         out[it.id] = cands[int(np.argmax(sims))]
     return out
 
@@ -365,7 +405,7 @@ def answer_with_llava(model: Any, manifest: Manifest, items: list[VQAItem], cfg:
 
 def run_vqa_eval(data: str | Path, *, model: str | None = None, answers: str | Path | None = None,
                  split: str | None = "test", mode: str = "auto", n_boot: int = 1000, seed: int = 0,
-                 device: str = "cpu", answer_type: str | None = None) -> Any:
+                 device: str = "cpu", answer_type: str | None = None, prompt: str = "qa") -> Any:
     """``medvl eval vqa``: answer with ``model`` (``mode`` rank | generate | auto) or read ``answers``, then score."""
     if (model is None) == (answers is None):
         raise ConfigError("give exactly one of --model (a medvl checkpoint or encoder) or --answers (a JSONL file)")
@@ -397,7 +437,7 @@ def run_vqa_eval(data: str | Path, *, model: str | None = None, answers: str | P
             from medvl.models.encoder import load_encoder
 
             spec = str(resolve_checkpoint(model)) if Path(model).is_dir() else model  # run dir: newest checkpoint
-            got = rank_answers(load_encoder(spec, device=device), manifest, items)
-            config["mode"] = "rank"
+            got = rank_answers(load_encoder(spec, device=device), manifest, items, prompt=prompt)
+            config["mode"], config["prompt"] = "rank", prompt
     return evaluate_vqa(items, got, model_name=name, dataset=manifest.path.parent.name, split=split or "all",
                         n_boot=n_boot, seed=seed, config=config)
