@@ -157,3 +157,14 @@ def test_worst_group_ignores_groups_too_small_for_a_ci() -> None:
     tiny = next(g for g in res.groups if g.group == "tiny")
     assert tiny.value.value == 0.0 and "too small" in tiny.note
     assert res.worst in ("a", "b") and not np.isnan(res.gap.low) and "1 smaller group" in res.note
+
+
+def test_every_requested_corruption_skipped_is_said_not_crashed(toy: dict, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    run(["eval", "robustness", "-m", str(toy["model"]), "-d", str(toy["manifest"]), "--protocol", "zeroshot",
+         "--corruptions", "bias_field,window_shift", "--n-boot", "0", "--no-site-shift", "--no-cache",
+         "--out", str(out), "--card-out", str(tmp_path / "card")])
+    d = json.loads(out.read_text())
+    assert d["cells"] == [] and set(d["skipped"]) == {"bias_field", "window_shift"}
+    md = next((tmp_path / "card").glob("*.md")).read_text()
+    assert "mean relative drop n/a" in md and "Not tested: window_shift" in md

@@ -221,7 +221,8 @@ def card_blocks(report: Any, data: dict[str, Any] | None, figures: dict[str, str
     rows = [[c.corruption, str(c.severity), _iv(c.value), _iv(c.drop),
              "" if math.isnan(c.relative_drop) else f"{c.relative_drop:.1%}"] for c in report.cells]
     rows += [[n, "-", "skipped", why, ""] for n, why in report.skipped.items()]
-    b.append(("p", f"Clean {m}: {_iv(report.clean)}; mean relative drop {report.mean_relative_drop:.1%}. "
+    mrd = "n/a" if math.isnan(report.mean_relative_drop) else f"{report.mean_relative_drop:.1%}"
+    b.append(("p", f"Clean {m}: {_iv(report.clean)}; mean relative drop {mrd}. "
                    "Drops are paired (same resampled patients, clean minus corrupted)."))
     b.append(("table", (["corruption", "severity", m, "drop [95% CI]", "relative"], rows)))
     b.append(("h2", "Site shift"))

@@ -35,7 +35,9 @@ def robustness_tables(report: Any) -> list[Table]:
     m = report.metric
     out = []
     t = Table(title=f"corruptions: {report.model} ({report.protocol}) on {report.dataset}/{report.split}, "
-                    f"clean {m} {_fmt(report.clean)}; mean relative drop {report.mean_relative_drop:.1%}")
+                    f"clean {m} {_fmt(report.clean)}; mean relative drop "
+                    + ("n/a (no cell ran)" if math.isnan(report.mean_relative_drop)
+                       else f"{report.mean_relative_drop:.1%}"))
     for col in ("corruption", "severity", m, "drop (paired 95% CI)", "relative"):
         t.add_column(col, justify="left" if col == "corruption" else "right")
     for c in report.cells:
