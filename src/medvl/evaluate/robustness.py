@@ -572,13 +572,21 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
     cells, skipped = select_cells(corruptions, severities, modality, spatial_dims)
     cache = Path(cache_dir) if cache_dir is not None else None
     finetune_options = {**(finetune_options or {}), "spec": str(model), "encoder_kwargs": encoder_kwargs}
+    # bad --subgroups / --in-site fail now, not after minutes of encoding corrupted images
+    by_row = {s.row: s for s in manifest.samples}
+    test_samples = [by_row[int(r)] for r in x01.rows]
+    group_values = {column: column_values(test_samples, column, manifest.path) for column in subgroups}
+    sites = [s.site or "(blank)" for s in test_samples]
+    distinct = sorted(set(sites))
+    if site_shift and in_site is not None and len(distinct) >= 2 and in_site not in distinct:
+        raise ConfigError(f"--in-site {in_site!r} is not a site of split {split!r}; sites: {', '.join(distinct)}")
     seconds["load"] = time.perf_counter() - t0
 
     t = time.perf_counter()
     feats: dict[str, Any] = {}
     if protocol == "finetune":
         scored = _finetune_scorer(inputs, split, cells, seed, device, finetune_options)
-        test_ids, test_rows, test_groups_raw, y_test = x01.ids, x01.rows, x01.patient_ids, None
+        test_ids, test_rows, test_groups_raw = x01.ids, x01.rows, x01.patient_ids
     else:
         feats = split_features(inputs, ["train", "val", split], cache, batch_size)
         test = feats[split]
@@ -619,10 +627,6 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
 
     # site shift
     t = time.perf_counter()
-    by_row = {s.row: s for s in manifest.samples}
-    test_samples = [by_row[int(r)] for r in test_rows]
-    sites = [s.site or "(blank)" for s in test_samples]
-    distinct = sorted(set(sites))
     if not site_shift:
         report.site_note = "site shift not requested"
     elif distinct == ["(blank)"]:
@@ -645,8 +649,7 @@ def robustness_eval(model: str, data: str | Path, protocol: str = "linear-probe"
 
     # subgroups
     t = time.perf_counter()
-    for column in subgroups:
-        vals = column_values(test_samples, column, manifest.path)
+    for column, vals in group_values.items():
         report.subgroups.append(subgroup_analysis(clean, vals, column, metric, groups, n_boot, seed))
     seconds["subgroups"] = time.perf_counter() - t
 
