@@ -149,3 +149,30 @@ def test_train_streaming_from_http_resumes_exactly(served: tuple[Path, Path, str
     assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(Exception, match="data.stream_buffer"):
         build_train_config(tiny_config(manifest, tmp_path / "x"), ["data.stream_buffer=4"])
+
+
+@pytest.mark.slow
+def test_streaming_two_processes_match_one(served: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """DDP over a stream: each rank takes its contiguous slice of every global batch, so 2 processes
+    follow the 1-process losses."""
+    import csv
+    import subprocess
+
+    from trainutil import medvl_cmd, write_config
+
+    manifest, shards, _ = served
+    raw = tiny_config(manifest, tmp_path / "unused")
+    cfg = write_config(tmp_path / "cfg.yaml", raw)
+    over = [f"data.shards={shards}", "data.stream_buffer=8", "train.batch_size=8", "train.max_steps=3",
+            "train.ckpt_every=3", "model.overrides.image.name=test_vit", "model.overrides.image.patch_size=7"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(build_train_config(raw, [*over, f"train.out_dir={one}"]))
+    r = subprocess.run(medvl_cmd("train", "--config", str(cfg), "--out", str(two), "--nproc", "2", *over),
+                       capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    def losses(out: Path) -> list[float]:
+        with (out / "metrics.csv").open() as f:
+            return [float(row["loss"]) for row in csv.DictReader(f)]
+
+    assert losses(two) == pytest.approx(losses(one), rel=1e-4) and len(losses(one)) == 3
