@@ -57,9 +57,16 @@ def demo_suite(out_dir: Path, dataset: str = "synth", npz: str | None = None, qu
         {"type": "finetune", "dataset": "data", "name": "supervised", "models": ["random-init"],
          "params": finetune_params},
     ]
+    # "Can you trust it?": a model card per model (corruptions, calibration, subgroups, confusable pairs),
+    # linked from the report. A small grid (3 corruptions x 2 severities) keeps the demo within 10 minutes;
+    # `medvl eval robustness` runs the full 11 x 5 grid.
+    trust_params: dict[str, Any] = {"corruptions": ["gaussian_noise", "contrast", "downsample"],
+                                    "severities": [3] if quick else [3, 5]}
     if dataset == "synth":
         tasks.append({"type": "robustness", "dataset": "data", "models": ["clip-tiny", "random-init"],
                       "params": {"in_site": "site_a"}})
+        trust_params |= {"in_site": "site_a", "subgroups": ["subtle"]}
+    tasks.append({"type": "trust", "dataset": "data", "models": ["clip-tiny", "random-init"], "params": trust_params})
     return suite_from_dict({
         "name": f"demo-{dataset}",
         "datasets": {"data": ds},
