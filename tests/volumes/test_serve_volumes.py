@@ -50,6 +50,14 @@ def test_nifti_upload_is_embedded_as_a_volume_and_finds_its_case(served):
         assert r2.status_code == 200 and r2.json()["results"][0]["image"].endswith("ct00003.nii.gz")
         png = client.post("/v1/search", files={"file": ("x", b"\x89PNG\r\n\x1a\n" + b"0" * 64, "image/png")})
         assert png.status_code == 400  # a corrupt 2D upload into a volume model: one clear 4xx, no 500
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(buf, format="PNG")
+        flat = client.post("/v1/search", files={"file": ("x", buf.getvalue(), "image/png")})
+        assert flat.status_code == 400 and "encodes volumes" in flat.json()["detail"]
 
 
 def test_nifti_header_text_never_leaves_the_decoder(tmp_path):

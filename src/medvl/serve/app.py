@@ -292,8 +292,11 @@ class _Service:
     # -- async API used by the endpoints -----------------------------------------------------------
     async def embed_image(self, decoded: DecodedImage) -> np.ndarray:
         enc = self.encoder
-        x = await run_in_threadpool(to_model_input, decoded.pixels, enc.image_size, enc.in_chans, enc.mean, enc.std,
-                                    encoder_spatial_dims(enc))
+        try:
+            x = await run_in_threadpool(to_model_input, decoded.pixels, enc.image_size, enc.in_chans, enc.mean,
+                                        enc.std, encoder_spatial_dims(enc))
+        except ImageReadError as exc:  # e.g. a 2D picture sent to a volume model
+            raise HTTPException(400, f"cannot use the uploaded image: {exc.reason}") from exc
         return await self.image_batcher.submit(x)
 
     async def embed_text(self, text: str) -> np.ndarray:
