@@ -111,3 +111,21 @@ def test_policy_round_trip_and_validation():
         VolumePolicy.from_dict({"hu": 1})
     with pytest.raises(ConfigError, match="intensity"):
         VolumePolicy(intensity="gamma")
+
+
+def test_data_check_flags_a_ct_volume_already_scaled_to_unit_range(tmp_path):
+    import nibabel as nib
+
+    from medvl.data.check import check_manifest
+
+    hu = np.linspace(-1000, 400, 8 * 8 * 8, dtype=np.float32).reshape(8, 8, 8)
+    nib.save(nib.Nifti1Image(hu.astype(np.int16), np.eye(4)), str(tmp_path / "hu.nii.gz"))
+    nib.save(nib.Nifti1Image((hu + 1000) / 1400, np.eye(4)), str(tmp_path / "scaled.nii.gz"))
+    with (tmp_path / "manifest.csv").open("w", newline="") as f:
+        csv.writer(f).writerows([["image", "text", "labels", "split", "patient_id", "modality"],
+                                 ["hu.nii.gz", "ct", "", "train", "p1", "ct"],
+                                 ["scaled.nii.gz", "ct", "", "train", "p2", "ct"]])
+    report = check_manifest(tmp_path / "manifest.csv")
+    flagged = [f for f in report.warnings if f.code == "volume_not_hu"]
+    assert len(flagged) == 1 and flagged[0].row == 2 and flagged[0].file.endswith("scaled.nii.gz")
+    assert "already scaled" in flagged[0].message and report.ok

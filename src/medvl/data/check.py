@@ -116,7 +116,7 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
                     continue
                 if view == 0 and shapes is not None:
                     shapes[s.row] = spatial_shape(np.asarray(image.array))
-                _check_volume(image, s.row, str(path), report)
+                _check_volume(image, s.row, str(path), report, ct=_is_ct(m, s))
             if path.is_file():
                 hashes[cache.hash(path)].append((s.row, s.split))
         for rel in filter(None, (p.strip() for p in s.mask.split("|"))):
@@ -127,15 +127,26 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
     return hashes
 
 
-def _check_volume(image: Any, row: int, file: str, report: CheckReport) -> None:
-    """Volumes: missing slices, unknown spacing and too-large volumes are errors; strong anisotropy a warning."""
-    from medvl.data.volume_preprocess import volume_problems
+def _is_ct(m: Manifest, s: Any) -> bool:
+    """A row is CT when its ``modality`` column says so, else when the card's modality does."""
+    modality = str(s.modality or (m.card.modality if m.card else "") or "")
+    return modality.strip().lower() == "ct"
+
+
+def _check_volume(image: Any, row: int, file: str, report: CheckReport, ct: bool = False) -> None:
+    """Volumes: missing slices, unknown spacing and too-large volumes are errors; strong anisotropy a warning;
+    CT values that do not look like Hounsfield units (e.g. already scaled to [0, 1]) a warning."""
+    from medvl.data.volume_preprocess import VolumePolicy, range_warning, volume_problems
 
     if image.array.ndim != 3 or image.meta.photometric.upper().startswith("RGB"):
         return
     for code, msg in volume_problems(image):
         report.findings.append(Finding("warning" if code == "anisotropic" else "error", f"volume_{code}", msg, row,
                                        file))
+    if ct and image.meta.format in ("nifti", "dicom", "dicom-series"):
+        msg = range_warning(image.array, VolumePolicy())
+        if msg:
+            report.findings.append(Finding("warning", "volume_not_hu", msg, row, file))
 
 
 def _mask_value_problem(values: np.ndarray, n_labels: int, label_map: bool) -> str | None:
