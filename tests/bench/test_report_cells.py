@@ -13,3 +13,19 @@ def test_single_seed_cells_show_no_spread() -> None:
     assert _cell(three) == "0.750 ± 0.020 [0.700, 0.800]"
     assert cell_text({"mean": 0.75, "sd": None, "n_seeds": 1}) == "0.750 (n=1)"
     assert cell_text({"mean": 0.75, "sd": 0.01, "n_seeds": 3}) == "0.750 ± 0.010 (n=3)"
+
+
+def test_pages_named_by_records_are_listed_once() -> None:
+    """Model cards (config.model_card) and side-by-side report pages (config.side_by_side) get report links."""
+    from medvl.bench.report import model_card_links
+    from medvl.evaluate.results import EvalResult, MetricRecord
+
+    def result(**config: str) -> EvalResult:
+        return EvalResult(records=[MetricRecord(model="m", task="t", dataset="d", split="test", metric=k,
+                                                value=0.5, config=dict(config)) for k in ("bleu4", "rouge_l")])
+
+    table = {("report_gen", "d", "test"): {"cap": [(0, result(side_by_side="results/rg.reports/side_by_side.html"))]},
+             ("trust", "d", "test"): {"cap": [(0, result(model_card="cards/cap.html"))]}}
+    page = "results/rg.reports/side_by_side.html"
+    assert model_card_links(table, "side_by_side") == [("report_gen", "d", "cap", page)]
+    assert model_card_links(table) == [("trust", "d", "cap", "cards/cap.html")]

@@ -35,6 +35,7 @@ def test_report_gen_and_vqa_tasks_run_and_skip(caption_run: Path, phantoms: Path
     assert all(r.model == "cap" for r in recs) and any(r.metric == "bleu4" for r in recs)
     assert (tmp_path / "results" / "rg.reports" / "model.jsonl").is_file()
     assert (tmp_path / "results" / "rg.reports" / "side_by_side.html").is_file()
+    assert {r.config.get("side_by_side") for r in recs} == {"results/rg.reports/side_by_side.html"}  # report links it
 
     vqa_out = tmp_path / "results" / "vqa.json"
     assert run_job(Job("cap", suite.tasks[1], 0), str(caption_run), phantoms, suite, vqa_out).startswith(

@@ -424,6 +424,10 @@ def render_markdown(suite: Suite, table: dict, outcome: BenchOutcome, sections: 
     cards = model_card_links(table)
     if cards:
         lines += ["## Model cards", ""] + [f"- [{m} — {t} on {d}]({href})" for t, d, m, href in cards] + [""]
+    pages = model_card_links(table, "side_by_side")
+    if pages:
+        lines += ["## Generated vs reference reports", ""] + [
+            f"- [{m} — {t} on {d}]({href})" for t, d, m, href in pages] + [""]
     if outcome.failed:
         lines += ["## Failed jobs", ""] + [f"- {f['job']}: {f['reason']}" for f in outcome.failed] + [""]
     if outcome.skipped:
@@ -453,14 +457,15 @@ def robustness_rows(table: dict) -> list[tuple[str, str, str, float, float]]:
     return rows
 
 
-def model_card_links(table: dict) -> list[tuple[str, str, str, str]]:
-    """(task, dataset, model, href) of every model card a task wrote (``config.model_card``, relative to the bench)."""
+def model_card_links(table: dict, key: str = "model_card") -> list[tuple[str, str, str, str]]:
+    """(task, dataset, model, href) of every page a task wrote and named in its records' ``config[key]``
+    (relative to the bench): model cards (``model_card``), generated-vs-reference reports (``side_by_side``)."""
     out: dict[str, tuple[str, str, str, str]] = {}
     for (task, dataset, _split), models in table.items():
         for m, runs in models.items():
             for _, r in runs:
                 for rec in r.records:
-                    href = (rec.config or {}).get("model_card")
+                    href = (rec.config or {}).get(key)
                     if href:
                         out.setdefault(href, (task, dataset, m, href))
     return list(out.values())
@@ -570,6 +575,13 @@ def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dic
             parts.append(f"<tr><td>{esc(m)}</td><td>{esc(task)}</td><td>{_fmt(a)}</td><td>{_fmt(b)}</td>"
                          f"<td>{_fmt(a - b)}</td></tr>")
         parts.append("</tbody></table></div></section>")
+    pages = model_card_links(table, "side_by_side")
+    if pages:
+        parts.append("<section id='report-pages'><h2>Generated vs reference reports</h2><p class='meta'>Thumbnail, "
+                     "reference and every system's report per study, the labeler's findings marked as agreeing, "
+                     "false positive or missed.</p><ul>" + "".join(
+                         f"<li><a href='{esc(href)}'>{esc(m)} — {esc(t)} on {esc(d)}</a></li>"
+                         for t, d, m, href in pages) + "</ul></section>")
     cards = model_card_links(table)
     if cards:
         parts.append("<section id='model-cards'><h2>Model cards</h2><ul>" + "".join(

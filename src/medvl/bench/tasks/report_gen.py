@@ -59,12 +59,12 @@ def run(ctx: TaskContext) -> list[EvalResult] | str:
 
     page = ctx.out_dir / f"{ctx.out_path.stem}.reports" / "side_by_side.html"  # generated vs reference, per study
     page.write_text(side_by_side_html(res, ctx.manifest_path, ctx.split), encoding="utf-8")
+    href = str(page.relative_to(ctx.out_dir.parent))  # the bench report links it (relative to the bench folder)
     out = []
     for system, run_ in res.runs.items():
         for rec in run_.records:
             rec.model, rec.dataset = ctx.common["model_name"], ctx.common["dataset"]
-            if notes:
-                rec.config = {**rec.config, "note": notes[0]}
+            rec.config = {**rec.config, "side_by_side": href, **({"note": notes[0]} if notes else {})}
         if run_.predictions is not None:
             run_.predictions.meta["model"] = ctx.common["model_name"]
         out.extend(tag_variant([run_], system))
