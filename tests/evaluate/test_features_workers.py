@@ -51,3 +51,10 @@ def test_index_embedding_workers_match_serial(setup, monkeypatch: pytest.MonkeyP
 
     assert loader_workers(None) == 0
 
+
+
+def test_index_device_auto_picks_the_gpu_only_when_present() -> None:
+    from medvl.serve.build import encoder_device
+
+    assert encoder_device("cpu") == "cpu" and encoder_device("cuda:1") == "cuda:1"
+    assert encoder_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -39,6 +39,7 @@ def build(
     exact_threshold: int = typer.Option(50_000, "--exact-threshold", help="auto: exact search below this size."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder forward pass."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing index directory."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, cuda:1 ..."),
 ) -> None:
     """Embed a manifest's images (and reports) into a FAISS index plus a SQLite case store."""
     from medvl.cli.progress import progress_reporter
@@ -46,7 +47,7 @@ def build(
 
     with progress_reporter("embedding") as report:
         index = build_index(model, data, out, splits=_splits(split), kind=kind, overwrite=overwrite,
-                            batch_size=batch_size, threshold=exact_threshold, progress=report)
+                            batch_size=batch_size, threshold=exact_threshold, progress=report, device=device)
     m = index.meta
     console.print(f"wrote {out}: {m.count} cases, dim {m.dim}, kind {m.kind}"
                   + (f" {json.dumps(m.params)}" if m.params else "") + (", with report vectors" if m.has_text else ""))
@@ -59,13 +60,15 @@ def add(
     data: Path = typer.Option(..., "--data", help="Manifest whose rows to append."),
     split: list[str] | None = typer.Option(None, "--split", help="Only these splits (repeat or comma-separate)."),
     batch_size: int = typer.Option(32, "--batch-size", help="Images per encoder forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto (GPU when present), cpu, cuda, cuda:1 ..."),
 ) -> None:
     """Append a manifest's cases with the index's own model; existing ids are unchanged."""
     from medvl.cli.progress import progress_reporter
     from medvl.serve.build import add_to_index
 
     with progress_reporter("embedding") as report:
-        ids = add_to_index(index_dir, data, splits=_splits(split), batch_size=batch_size, progress=report)
+        ids = add_to_index(index_dir, data, splits=_splits(split), batch_size=batch_size, progress=report,
+                           device=device)
     console.print(f"added {len(ids)} cases to {index_dir} (ids {ids.start}..{ids.stop - 1})")
     from medvl.serve.index import EXACT_THRESHOLD, CaseIndex
 

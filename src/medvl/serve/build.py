@@ -154,14 +154,23 @@ def model_spec_string(spec: str | Path) -> str:
     return str(p.resolve()) if p.is_dir() else str(spec)
 
 
+def encoder_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; anything else as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def build_index(model: str | Path, manifest_path: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
                 kind: str = "auto", overwrite: bool = False, encoder: Any = None, batch_size: int = 32,
-                threshold: int = EXACT_THRESHOLD, progress: Progress | None = None) -> CaseIndex:
-    """Embed a manifest with ``model`` and write a new index directory at ``out`` (atomically)."""
+                threshold: int = EXACT_THRESHOLD, progress: Progress | None = None,
+                device: str = "auto") -> CaseIndex:
+    """Embed a manifest with ``model`` (on the GPU when present, see :func:`encoder_device`) and
+    write a new index directory at ``out`` (atomically)."""
     if encoder is None:
         from medvl.models.encoder import load_encoder
 
-        encoder = load_encoder(model)
+        encoder = load_encoder(model, device=encoder_device(device))
     manifest = _select(load_manifest(manifest_path), splits)
     if len(manifest) == 0:
         raise MedvlError(f"{manifest_path}: no rows to index")
@@ -174,13 +183,14 @@ def build_index(model: str | Path, manifest_path: str | Path, out: str | Path, *
 
 
 def add_to_index(index_dir: str | Path, manifest_path: str | Path, *, splits: Sequence[str] | None = None,
-                 encoder: Any = None, batch_size: int = 32, progress: Progress | None = None) -> range:
+                 encoder: Any = None, batch_size: int = 32, progress: Progress | None = None,
+                 device: str = "auto") -> range:
     """Embed another manifest with the index's own model and append it; returns the new ids."""
     index = CaseIndex.open(index_dir)
     if encoder is None:
         from medvl.models.encoder import load_encoder
 
-        encoder = load_encoder(index.meta.model)
+        encoder = load_encoder(index.meta.model, device=encoder_device(device))
     manifest = _select(load_manifest(manifest_path), splits)
     sha = file_sha256(manifest.path)
     if any(m.get("sha256") == sha and m.get("splits") == list(splits or []) for m in index.meta.manifests):
