@@ -77,6 +77,7 @@ def test_schemas_registered_and_towers_run_on_volumes():
         feats = enc.encode_image(x)
         assert feats.shape == (2, dim) and torch.isfinite(feats).all()
         assert enc.image_model() is enc.tower
+        assert not any(t.is_meta for t in enc.tower.parameters())  # converted layers are built on meta, then filled
 
 
 def test_small_stem_matches_the_medmnist_resnet():
