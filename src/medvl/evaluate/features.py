@@ -291,6 +291,8 @@ def load_eval_inputs(model: str, data: str | Path, device: str = "cpu",
                      encoder_kwargs: dict[str, Any] | None = None) -> EvalInputs:
     """Resolve ``--model`` and ``--data`` once, the same way for every evaluation command.
 
+    ``device="auto"`` loads the encoder on the GPU when one is present.
+
     The manifest is refused (one line naming file and row) when a label is not in the card or a
     patient spans two splits, before any model is loaded: both would give a wrong score silently.
     """
@@ -300,6 +302,8 @@ def load_eval_inputs(model: str, data: str | Path, device: str = "cpu",
     if manifest.card is None:
         raise ManifestError(f"{manifest.path}: no card.yaml beside the manifest; evaluation needs the card's "
                             "task and classes (see `medvl data medmnist` for an example card)")
+    if device == "auto":  # the GPU when present
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     encoder = load_encoder(model, device=device, **(encoder_kwargs or {}))
     classes = list(manifest.classes)
     return EvalInputs(encoder, manifest, task_of(manifest, classes), classes, manifest.card.name, str(model))
