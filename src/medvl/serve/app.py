@@ -165,6 +165,7 @@ class Health(BaseModel):
     index_kind: str | None
     zero_shot: bool
     classes: list[str]
+    writes_reports: bool = Field(False, description="POST /v1/report is available (the model has a caption decoder)")
 
 
 class ErrorBody(BaseModel):
@@ -466,7 +467,7 @@ def create_app(encoder: Any, index_dir: str | Path | CaseIndex | None = None, ca
                       embed_dim=int(getattr(encoder, "embed_dim", 0) or (index.meta.dim if index else 0)),
                       has_text=service.has_text, index_size=index.meta.count if index else 0,
                       index_kind=index.meta.kind if index else None, zero_shot=service.zero_shot is not None,
-                      classes=card.class_names if card else [])
+                      classes=card.class_names if card else [], writes_reports=report_writer is not None)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["service"],
              responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})

@@ -6,6 +6,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const TOKEN_KEY = "medvl-token";
+  let health = null; // the /healthz answer: which optional endpoints the served model offers
 
   function token() { return sessionStorage.getItem(TOKEN_KEY) || ""; }
 
@@ -152,14 +153,18 @@
       const withK = form();
       withK.append("k", "12");
       const searchP = api("/v1/search", { method: "POST", body: withK });
-      const zsP = api("/v1/zero-shot", { method: "POST", body: form() }).catch((err) => {
-        if (err.status === 409) return null; // no card / no text tower: search only
-        throw err;
-      });
-      const reportP = api("/v1/report", { method: "POST", body: form() }).catch((err) => {
-        if (err.status === 409) return null; // the model has no caption decoder: no draft report
-        throw err;
-      });
+      // Ask only for what /healthz says the model offers (a refused request is a console error).
+      const caps = health || { zero_shot: true, writes_reports: true };
+      const zsP = !caps.zero_shot ? Promise.resolve(null) : api("/v1/zero-shot", { method: "POST", body: form() })
+        .catch((err) => {
+          if (err.status === 409) return null; // no card / no text tower: search only
+          throw err;
+        });
+      const reportP = !caps.writes_reports ? Promise.resolve(null) : api("/v1/report", { method: "POST", body: form() })
+        .catch((err) => {
+          if (err.status === 409) return null; // the model has no caption decoder: no draft report
+          throw err;
+        });
       const [hits, zs, draft] = await Promise.all([searchP, zsP, reportP]);
       renderResults(hits);
       if (zs) renderFindings(zs); else $("findings").classList.add("hidden");
@@ -227,6 +232,7 @@
   async function loadHealth() {
     try {
       const h = await api("/healthz", { method: "GET" });
+      health = h;
       $("model").textContent = "model " + h.model + " · " + h.index_size + " indexed cases" +
         (h.zero_shot ? " · " + h.classes.length + " findings" : "");
       if (!h.has_text) {
