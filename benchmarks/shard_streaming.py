@@ -5,7 +5,7 @@
 
 The same shards (``medvl data shards`` of synthetic 128 px phantom PNGs) are read four ways, each
 sample decoded and resized to 64 px exactly as training does: ``ShardDataset`` (one byte-range
-read per sample) and ``ShardStream`` (one sequential GET per shard, shuffle buffer 256), each from
+read per sample) and ``ShardStream`` (one streaming GET per shard, shuffle buffer 256), each from
 the local directory and from ``http://127.0.0.1:PORT`` (``http.server`` with byte ranges, in a
 thread of this process). ``--latency-ms`` adds a delay to every HTTP request, to see what a
 remote object store's round trip does to per-sample reads. Interleaved rounds; median samples/s.

@@ -14,10 +14,11 @@ path, so both give the same pixels.
 Where the shards live: a local directory or any fsspec URL (``http(s)://host/dir``,
 ``s3://bucket/dir`` with s3fs, ``gs://bucket/dir`` with gcsfs). Two ways to read them:
 
-* :class:`ShardDataset` (what ``data.shards`` trains from): random access, one byte-range read per
+* :class:`ShardDataset` (what ``data.shards`` trains from by default): random access, one byte-range read per
   sample (a ``Range`` request over HTTP/S3), so the trainer's order, resume and DDP slicing apply;
-* :class:`ShardStream`: sequential streaming, one GET per shard, shards shuffled per epoch and a
-  seeded shuffle buffer, for object stores where per-sample requests are too slow. Its order is
+* :class:`ShardStream` (``data.stream_buffer: N``): sequential streaming, one GET per shard over
+  HTTP (large sequential range reads on object stores), shards shuffled per epoch and a seeded
+  shuffle buffer, for object stores where per-sample requests are too slow. Its order is
   a pure function of (index, seed, epoch, buffer), computed from ``index.json`` alone, so
   ``state_dict()`` (epoch, position) resumes at the exact sample, reading only the shards that
   still hold unread samples.
@@ -270,7 +271,7 @@ def stream_order(shard_entries: list[list[int]], seed: int, epoch: int, buffer: 
 
 
 class ShardStream(torch.utils.data.IterableDataset):
-    """Stream shards sequentially (one GET per shard) through a seeded shuffle buffer, resumable.
+    """Stream shards sequentially (one read per shard) through a seeded shuffle buffer, resumable.
 
     Samples, pixels and augmentation are those of :class:`ShardDataset` (same index, same
     per-sample seeds); only the order differs: :func:`stream_order`. With ``world_size`` ranks,
@@ -393,5 +394,7 @@ def _open_stream(location: str | Path) -> Any:
     if is_url(location):
         import fsspec
 
-        return fsspec.open(str(location), "rb", block_size=1 << 22).open()
+        # http(s): block_size=0 is one streaming GET; object stores: large sequential range reads.
+        http = str(location).startswith(("http://", "https://"))
+        return fsspec.open(str(location), "rb", block_size=0 if http else 1 << 23).open()
     return open(location, "rb")
