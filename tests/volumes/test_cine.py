@@ -89,3 +89,30 @@ def test_cine_finetune_cli(cine_manifest, tmp_path):
     res = CliRunner().invoke(app, ["eval", "finetune", "-m", "cine:resnet18", "-d", str(cine_manifest),
                                    "--epochs", "1", "--batch-size", "2", "--image-size", "16", "--n-boot", "0"])
     assert res.exit_code == 0, res.output
+
+
+def test_manifest_frame_selector_and_clip_sampling(tmp_path):
+    from medvl.data.check import check_manifest
+    from medvl.errors import ImageReadError
+
+    frames = _clip(True)
+    write_cine(tmp_path / "echo.dcm", frames)
+    one = read_image(tmp_path / "echo.dcm#frame=3")
+    np.testing.assert_array_equal(one.array, frames[3])
+    clip = read_image(tmp_path / "echo.dcm#frames=0:12:3")  # every third frame
+    np.testing.assert_array_equal(clip.array, frames[0:12:3])
+    assert clip.meta.extra["n_frames_selected"] == 4
+    for bad, match in [("echo.dcm#frames=20:30", "selects no frame"), ("echo.dcm#frame=x", "bad frame selector"),
+                       ("echo.dcm#frame=99", "out of range")]:
+        with pytest.raises(ImageReadError, match=match):
+            read_image(tmp_path / bad)
+    rows = [["image", "text", "labels", "split", "patient_id"],
+            ["echo.dcm#frames=0:12:2", "clip", "motion", "train", "p1"],
+            ["echo.dcm#frames=1:12:2", "clip", "motion", "train", "p2"],
+            ["echo.dcm#frame=oops", "clip", "", "train", "p3"]]
+    with (tmp_path / "manifest.csv").open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    report = check_manifest(tmp_path / "manifest.csv")
+    assert [(f.code, f.row) for f in report.errors] == [("unreadable", 3)]
+    ds = ManifestDataset(tmp_path / "manifest.csv", split=None, image_size=8, channels=3, mean=None, std=None)
+    assert ds[0]["image"].shape == (3, 8, 8, 8)

@@ -94,7 +94,7 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
     ``shapes`` (filled when given and images are decoded) maps each row to its first view's pixel
     grid, which the mask checks compare against.
     """
-    from medvl.data.io import read_image
+    from medvl.data.io import read_image, split_frame_selector
     from medvl.data.leakage import HashCache
 
     cache = HashCache(m.root)  # a second check (or a leakage check) reads no bytes again
@@ -105,7 +105,12 @@ def _check_files(m: Manifest, verify_images: bool, report: CheckReport,
             continue
         for view, rel in enumerate(s.image):
             path = m.resolve(rel)
-            if not path.is_file() and not path.is_dir():
+            try:
+                base = split_frame_selector(path)[0] if "#" in path.name else path  # clip.dcm#frame=3
+            except ImageReadError as exc:
+                report.findings.append(Finding("error", "unreadable", exc.reason, s.row, str(path)))
+                continue
+            if not base.is_file() and not base.is_dir():
                 report.findings.append(Finding("error", "missing_file", "image file not found", s.row, str(path)))
                 continue
             if verify_images:

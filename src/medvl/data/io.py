@@ -254,14 +254,55 @@ def sniff_format(path: str | Path) -> str:
     )
 
 
+def split_frame_selector(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """``clip.dcm#frame=12`` -> (``clip.dcm``, {"frame": 12}); ``clip.dcm#frames=0:64:2`` -> {"frames": slice}.
+
+    A manifest cell can so pick one frame of a cine/multi-frame file or sample a clip from it. Only
+    applies when the path as written does not exist (a real file name may contain ``#``).
+    """
+    path = Path(path)
+    if "#" not in path.name or path.exists():
+        return path, {}
+    base, _, sel = str(path).rpartition("#")
+    key, _, value = sel.partition("=")
+    try:
+        if key == "frame":
+            return Path(base), {"frame": int(value)}
+        if key == "frames":
+            parts = [int(v) if v.strip() else None for v in value.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError(value)
+            return Path(base), {"frames": slice(*parts)}
+    except ValueError:
+        pass
+    raise ImageReadError(path, f"bad frame selector {'#' + sel!r}; use #frame=N or #frames=START:STOP[:STEP]")
+
+
 def read_image(path: str | Path, *, window: WindowArg = "auto", frame: int | None = None) -> ImageData:
     """Read any supported image; a folder is read as one DICOM series.
 
     ``window``: ``"auto"`` records the file's own VOI window (DICOM only), ``(center, width)`` or a
     preset name (:data:`WINDOW_PRESETS`) records that window, ``None`` records none. ``frame``
-    selects one frame of a multi-frame DICOM / slice of a volume along its first axis.
+    selects one frame of a multi-frame DICOM / slice of a volume along its first axis. A path may
+    end in a frame selector (:func:`split_frame_selector`): ``#frame=N`` or ``#frames=START:STOP[:STEP]``.
     """
-    path = Path(path)
+    path, selector = split_frame_selector(path)
+    if "frame" in selector:
+        if frame is not None and frame != selector["frame"]:
+            raise ConfigError(f"{path}: frame={frame} contradicts the path's #frame={selector['frame']}")
+        frame = selector["frame"]
+    if "frames" in selector:
+        data = read_image(path, window=window, frame=frame)
+        arr = data.array
+        if arr.ndim not in (3, 4) or (arr.ndim == 3 and _is_rgb(data)):
+            raise ImageReadError(path, f"#frames= needs a multi-frame file or volume, got shape {arr.shape}")
+        picked = np.ascontiguousarray(arr[selector["frames"]])
+        if picked.shape[0] == 0:
+            raise ImageReadError(path, f"#frames={selector['frames'].start}:{selector['frames'].stop} selects no "
+                                       f"frame of {arr.shape[0]}")
+        data.meta.extra["frames"] = [selector["frames"].start, selector["frames"].stop, selector["frames"].step]
+        data.meta.extra["n_frames_selected"] = int(picked.shape[0])
+        return ImageData(picked, data.meta)
     resolved = _resolve_window(window)
     fmt = sniff_format(path)
     if fmt == "dicom":
