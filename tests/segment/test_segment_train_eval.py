@@ -135,3 +135,18 @@ def test_3d_ct_phantoms_cli(column: str, tmp_path: Path):
     assert recs["dice"]["config"]["dims"] == 3
     assert recs["dice"]["label_task"] == ("multiclass" if column == "anatomy_mask" else "multilabel")
     assert list((tmp_path / "masks").glob("*.nii.gz"))
+
+
+def test_positive_oversampling_fills_batches_with_findings(seg_phantoms: Path):
+    from medvl.segment.data import CaseCache
+    from medvl.segment.train import BatchMaker, training_cases
+
+    cfg = load_seg_config(None, tiny_overrides(seg_phantoms))
+    manifest, layout, cases = training_cases(cfg)
+    cache = CaseCache(manifest, cases, layout)
+    plain = BatchMaker(cache, 2, 32, [32, 32, 32], 0.0, 8, seed=0)
+    always = BatchMaker(cache, 2, 32, [32, 32, 32], 0.0, 8, seed=0, positive_oversample=1.0)
+    _, t_always, _ = always(3)
+    assert all(t_always[i].any() for i in range(8))
+    assert torch.equal(plain(3)[1], BatchMaker(cache, 2, 32, [32, 32, 32], 0.0, 8, seed=0)(3)[1])  # pure in step
+    assert torch.equal(t_always, always(3)[1])

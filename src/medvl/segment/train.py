@@ -73,6 +73,7 @@ class SegDataSection:
     label_fraction: float = 1.0
     foreground_oversample: float = 0.67
     box_jitter: float = 0.05  # box prompts: each side moved by up to this fraction of the image size
+    positive_oversample: float = 0.0  # 2D: share of batch slots drawn from images with a non-empty mask
 
 
 @dataclass
@@ -143,11 +144,19 @@ class BatchMaker:
     """The batch of a step, as a pure function of ``(seed, step)`` (what makes resume exact)."""
 
     def __init__(self, cache: CaseCache, dims: int, image_size: int, patch: list[int], oversample: float,
-                 batch_size: int, seed: int):
+                 batch_size: int, seed: int, positive_oversample: float = 0.0):
         self.cache, self.dims, self.image_size = cache, dims, image_size
         self.patch, self.oversample = [int(p) for p in patch], oversample
         self.batch_size, self.seed = batch_size, seed
+        self.positive_oversample = positive_oversample
+        self._positive: list[int] | None = None
         self._resized: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def positives(self) -> list[int]:
+        """Cases with any non-empty mask (read once; 2D sets are small)."""
+        if self._positive is None:
+            self._positive = [i for i in range(len(self.cache)) if self.cache[i].target.any()]
+        return self._positive
 
     def _item2d(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         if i not in self._resized:
@@ -182,6 +191,10 @@ class BatchMaker:
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
         rng = np.random.default_rng([self.seed, step])
         idx = rng.integers(0, len(self.cache), self.batch_size).tolist()
+        if self.positive_oversample > 0 and self.dims == 2 and self.positives():
+            # Rare findings: without this most 2D batches hold no positive pixel and the head learns "empty".
+            pos = self.positives()
+            idx = [pos[int(rng.integers(len(pos)))] if rng.random() < self.positive_oversample else i for i in idx]
         items = [self._item2d(i) if self.dims == 2 else self._crop3d(i, rng) for i in idx]
         rows = [self.cache.cases[i].row for i in idx]
         return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items]), rows
@@ -319,7 +332,7 @@ def train_segmentation(cfg: SegTrainConfig, resume: bool = False) -> SegTrainRes
     (out / "config.yaml").write_text(_yaml(config_dict))
     cache = CaseCache(manifest, cases, layout)
     maker = BatchMaker(cache, dims, cfg.data.image_size, cfg.data.patch_size, cfg.data.foreground_oversample,
-                       cfg.optim.batch_size, cfg.seed)
+                       cfg.optim.batch_size, cfg.seed, cfg.data.positive_oversample)
     log_path = out / "log.jsonl"
     if start == 0 and log_path.exists():
         log_path.unlink()
