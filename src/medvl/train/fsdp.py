@@ -114,15 +114,24 @@ def split_replicated(groups: list[dict[str, Any]], replicated: list[nn.Parameter
     return out
 
 
-def is_sharded(model: nn.Module) -> bool:
-    """True when ``model`` went through :func:`shard_model` (its parameters are ``DTensor`` shards)."""
+def is_dtensor(t: torch.Tensor) -> bool:
+    """True for a ``DTensor`` (an FSDP shard); False on torch builds without distributed support."""
+    if not torch.distributed.is_available():
+        return False
     from torch.distributed.tensor import DTensor
 
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return isinstance(t, DTensor)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when ``model`` went through :func:`shard_model` (its parameters are ``DTensor`` shards)."""
+    return any(is_dtensor(p) for p in model.parameters())
 
 
 def to_local_value(t: torch.Tensor) -> torch.Tensor:
     """A full, ordinary tensor from a ``DTensor`` (collective) or the tensor itself."""
+    if not torch.distributed.is_available():  # torch built without distributed: no DTensors exist
+        return t
     from torch.distributed.tensor import DTensor
 
     return t.full_tensor() if isinstance(t, DTensor) else t

@@ -106,9 +106,9 @@ def build_optimizer(params: list[dict[str, Any]], cfg: TrainConfig, device: torc
     kwargs: dict[str, Any] = {"lr": o.lr, "betas": tuple(o.betas), "eps": o.eps, "weight_decay": o.weight_decay}
     impl = o.impl
     if impl == "auto":
-        from torch.distributed.tensor import DTensor
+        from medvl.train.fsdp import is_dtensor
 
-        sharded = any(isinstance(p, DTensor) for g in params for p in g["params"])
+        sharded = any(is_dtensor(p) for g in params for p in g["params"])
         impl = "fused" if device.type == "cuda" or not sharded else "foreach"
     if impl == "fused":
         kwargs["fused"] = True
