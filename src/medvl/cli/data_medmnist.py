@@ -58,13 +58,17 @@ def cache_cmd(
     resize_mode: str = typer.Option("pad", "--resize-mode", help="pad (keep aspect), stretch or crop."),
     workers: int = typer.Option(1, "--workers", help="Decoding threads."),
     force: bool = typer.Option(False, "--force", help="Rebuild even when a matching cache exists."),
+    volume: str | None = typer.Option(None, "--volume", help="Volume policy as YAML, the training config's "
+                                      "data.volume, e.g. '{intensity: window, window: [40, 400]}'."),
 ) -> None:
     """Decode and resize every image once into a uint8 memmap + index.json for fast training."""
+    from medvl.config import parse_override
     from medvl.data.cache import DATA_NAME, build_cache, default_cache_dir
 
+    policy = parse_override(f"volume={volume}")[1] if volume else None
     target = out or default_cache_dir(manifest, size, channels)
     index = build_cache(manifest, size, target, channels=channels, resize_mode=resize_mode, workers=workers,
-                        force=force)
+                        force=force, volume_policy=policy)
     console.print(f"cache {target}: {DATA_NAME} shape {index.shape}, {len(index.errors)} unreadable rows")
     for e in index.errors[:20]:
         console.print(f"  row {e['row']}: {e['file']}: {e['reason']}", style="yellow", highlight=False, soft_wrap=True)

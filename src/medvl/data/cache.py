@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -34,6 +35,7 @@ import torch
 from medvl.data.io import file_hash
 from medvl.data.manifest import Manifest, Sample, load_manifest
 from medvl.data.transforms import prepare_uint8
+from medvl.data.volume_preprocess import VolumePolicy, as_volume_policy, policy_dict
 from medvl.errors import ConfigError, ImageReadError, ManifestError, MedvlError
 
 INDEX_NAME = "index.json"
@@ -46,30 +48,43 @@ def manifest_sha256(path: str | Path) -> str:
     return file_hash(Path(path))
 
 
-def decode_uint8(path: Path) -> tuple[np.ndarray, int]:
+def decode_uint8(path: Path, volume_policy: VolumePolicy | None = None,
+                 warn: Callable[[str], None] | None = None) -> tuple[np.ndarray, int]:
     """Decode one file to the display-ready uint8 picture and its spatial dims (2 or 3).
 
     Uses :mod:`medvl.data.io` (every format medvl reads, DICOM windowing and MONOCHROME1 included);
     every failure is an :class:`ImageReadError` naming the file. The reader's photometric tag, not
-    the array shape, tells colour (HxWx3) from a volume (DxHxW).
+    the array shape, tells colour (HxWx3) from a volume (DxHxW). With ``volume_policy`` a volume is
+    mapped by :func:`~medvl.data.volume_preprocess.prepare_volume_uint8` (HU window / z-score /
+    min-max, checks, resampling) from the reader's own units instead of :func:`to_uint8`; 2D
+    pictures are unaffected. ``warn`` receives range warnings (see ``prepare_volume``).
     """
     from medvl.data.io import read_image, to_uint8
 
     data = read_image(path)
+    is_rgb = data.array.ndim == 3 and data.meta.photometric.upper().startswith("RGB")
+    if volume_policy is not None and data.array.ndim == 3 and not is_rgb:
+        from medvl.data.volume_preprocess import prepare_volume_uint8
+
+        return prepare_volume_uint8(data, volume_policy, warn), 3
     arr = to_uint8(data)
     is_rgb = arr.ndim == 3 and data.meta.photometric.upper().startswith("RGB")
     return arr, 2 if arr.ndim == 2 or is_rgb else 3
 
 
 def load_prepared(manifest: Manifest, sample: Sample, size: int, channels: int = 1, resize_mode: str = "pad",
-                  view: int = 0) -> torch.Tensor:
-    """Decode view ``view`` of a sample and apply :func:`prepare_uint8`; errors name file and row."""
+                  view: int = 0, volume_policy: VolumePolicy | None = None,
+                  warn: Callable[[str], None] | None = None) -> torch.Tensor:
+    """Decode view ``view`` of a sample and apply :func:`prepare_uint8`; errors name file and row.
+
+    ``volume_policy`` (3D samples only) replaces the per-volume min-max of :func:`to_uint8` by the
+    model's policy, see :func:`decode_uint8`."""
     if not sample.image:
         raise ImageReadError(manifest.path, f"row {sample.row}: empty 'image' column")
     rel = sample.image[min(view, len(sample.image) - 1)]
     path = manifest.resolve(rel)
     try:
-        arr, spatial_dims = decode_uint8(path)
+        arr, spatial_dims = decode_uint8(path, volume_policy, warn)
         return prepare_uint8(arr, size, channels, resize_mode, spatial_dims)
     except ImageReadError as exc:
         raise ImageReadError(exc.path, f"{exc.reason} (manifest {manifest.path}, row {sample.row})") from exc
@@ -92,6 +107,7 @@ class CacheIndex:
     errors: list[dict[str, Any]] = field(default_factory=list)
     dtype: str = "uint8"
     version: int = FORMAT_VERSION
+    volume: dict[str, Any] | None = None  # the VolumePolicy the volumes were mapped with (None: to_uint8)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -129,12 +145,15 @@ def default_cache_dir(manifest_path: str | Path, size: int, channels: int = 1) -
 
 def build_cache(manifest: str | Path | Manifest, size: int, out: str | Path | None = None, channels: int = 1,
                 resize_mode: str = "pad", view: int = 0, workers: int = 1, chunk: int = 256, force: bool = False,
-                progress: Callable[[int, int], None] | None = None) -> CacheIndex:
+                progress: Callable[[int, int], None] | None = None,
+                volume_policy: VolumePolicy | dict[str, Any] | None = None) -> CacheIndex:
     """Preprocess every row of ``manifest`` into ``out`` (see the module docstring for the layout).
 
     Unreadable rows do not stop the build: they are zero-filled and listed in ``errors`` with file
     and reason, and :class:`ManifestDataset` raises or skips them exactly as when decoding. An
     existing complete cache for the same manifest content and settings is reused unless ``force``.
+    ``volume_policy`` maps volumes as a model trained with ``data.volume`` expects; it is part of the
+    settings, so a cache built without it is never read by a dataset that has one (and vice versa).
     """
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
     if size < 1:
@@ -144,8 +163,10 @@ def build_cache(manifest: str | Path | Manifest, size: int, out: str | Path | No
     out = Path(out) if out is not None else default_cache_dir(m.path, size, channels)
     out.mkdir(parents=True, exist_ok=True)
     digest = manifest_sha256(m.path)
+    policy = as_volume_policy(volume_policy)
     settings = {"manifest_sha256": digest, "size": size, "channels": channels, "resize_mode": resize_mode,
-                "view": view}
+                "view": view, "volume": policy_dict(policy)}
+    warned: list[str] = []
     index_path, data_path = out / INDEX_NAME, out / DATA_NAME
     if index_path.is_file() and data_path.is_file() and not force:
         try:
@@ -163,7 +184,7 @@ def build_cache(manifest: str | Path | Manifest, size: int, out: str | Path | No
 
     def prep(i: int) -> torch.Tensor | ImageReadError:
         try:
-            return load_prepared(m, samples[i], size, channels, resize_mode, view)
+            return load_prepared(m, samples[i], size, channels, resize_mode, view, policy, warned.append)
         except ImageReadError as exc:
             return exc
 
@@ -220,9 +241,12 @@ def build_cache(manifest: str | Path | Manifest, size: int, out: str | Path | No
             pool.shutdown()
         del mm
     partial.replace(data_path)
+    if warned:  # once per build, not once per volume
+        warnings.warn(f"{warned[0]} ({len(warned)} volume(s) of {m.path} look like this)", UserWarning,
+                      stacklevel=2)
     index = CacheIndex(manifest=str(m.path), manifest_sha256=digest, size=size, channels=channels,
                        resize_mode=resize_mode, view=view, shape=shape,
-                       rows={s.row: i for i, s in enumerate(samples)}, errors=errors)
+                       rows={s.row: i for i, s in enumerate(samples)}, errors=errors, volume=settings["volume"])
     _atomic_json(index.to_json(), index_path)
     progress_path.unlink(missing_ok=True)
     return index
@@ -236,11 +260,13 @@ class CacheReader:
     """
 
     def __init__(self, cache_dir: str | Path, manifest_path: str | Path, size: int, channels: int = 1,
-                 resize_mode: str = "pad", view: int = 0):
+                 resize_mode: str = "pad", view: int = 0, volume_policy: VolumePolicy | dict[str, Any] | None = None):
         self.dir = Path(cache_dir)
         index_path = self.dir / INDEX_NAME
+        policy = policy_dict(as_volume_policy(volume_policy))
+        with_volume = f" --volume '{json.dumps(policy)}'" if policy else ""
         rebuild = f"rebuild it with `medvl data cache {manifest_path} --size {size} --channels {channels} " \
-                  f"--out {self.dir}`"
+                  f"--out {self.dir}{with_volume}`"
         if not index_path.is_file() or not (self.dir / DATA_NAME).is_file():
             raise ManifestError(f"no complete cache at {self.dir} (missing {INDEX_NAME} or {DATA_NAME}); {rebuild}")
         try:
@@ -254,7 +280,8 @@ class CacheReader:
                 f"stale cache {self.dir}: built from a manifest with sha256 {idx.manifest_sha256[:12]}..., but "
                 f"{manifest_path} now has {digest[:12]}... (it changed since); {rebuild}"
             )
-        wanted = {"size": size, "channels": channels, "resize_mode": resize_mode, "view": view}
+        wanted = {"size": size, "channels": channels, "resize_mode": resize_mode, "view": view,
+                  "volume": policy}
         for key, want in wanted.items():
             if getattr(idx, key) != want:
                 raise ManifestError(f"cache {self.dir} has {key}={getattr(idx, key)!r} but {want!r} was asked; "

@@ -22,6 +22,10 @@ Decisions worth knowing:
   ``skip_report`` with ``"code": "unknown_label"`` and the reason, and listed in ``label_skips``.
 * Decoded and cached loading share :func:`medvl.data.transforms.prepare_uint8`, so a cache gives
   exactly the pixels decoding gives; augmentation and normalisation come after it.
+* ``volume_policy`` (a :class:`~medvl.data.volume_preprocess.VolumePolicy`, the training config's
+  ``data.volume``, recorded in the checkpoint) maps 3D samples from the reader's units (HU for CT)
+  instead of per-volume min-max; 2D samples are unaffected. A memmap cache must have been built
+  with the same policy. A range warning (an HU window on [0, 1] data) is issued once per dataset.
 * Augmentation draws from a generator seeded by ``(seed, epoch, index)``: call ``set_epoch`` each
   epoch for fresh augmentations that are still reproducible whatever the worker count.
 """
@@ -29,6 +33,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +45,7 @@ from torch.utils.data import Dataset
 from medvl.data.cache import CacheReader, load_prepared
 from medvl.data.manifest import Manifest, load_manifest, unknown_label_error, unknown_label_message, unknown_labels
 from medvl.data.transforms import Compose, Transform, build_transforms
+from medvl.data.volume_preprocess import VolumePolicy, as_volume_policy
 from medvl.errors import ConfigError, ImageReadError, ManifestError
 
 ON_ERROR = ("raise", "skip")
@@ -66,6 +72,7 @@ class ManifestDataset(Dataset):
         hflip: bool = False,
         view: int = 0,
         transform: Transform | Compose | None = None,
+        volume_policy: VolumePolicy | dict[str, Any] | None = None,
     ):
         if on_error not in ON_ERROR:
             raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR)}, got {on_error!r}")
@@ -102,8 +109,10 @@ class ManifestDataset(Dataset):
         self.image_size, self.channels, self.resize_mode, self.view = image_size, channels, resize_mode, view
         self.on_error, self.seed, self.epoch = on_error, seed, 0
         self._bad: dict[int, str] = {}
-        self.cache = (CacheReader(cache_dir, self.manifest.path, image_size, channels, resize_mode, view)
-                      if cache_dir is not None else None)
+        self.volume_policy = as_volume_policy(volume_policy)
+        self._range_warned = False
+        self.cache = (CacheReader(cache_dir, self.manifest.path, image_size, channels, resize_mode, view,
+                                  self.volume_policy) if cache_dir is not None else None)
         self.transform = transform if transform is not None else build_transforms(
             image_size, channels, augment, mean, std, resize_mode=resize_mode, hflip=hflip, classes=self.classes)
 
@@ -139,7 +148,15 @@ class ManifestDataset(Dataset):
         s = self.samples[index]
         if self.cache is not None:
             return self.cache.get(s.row)
-        return load_prepared(self.manifest, s, self.image_size, self.channels, self.resize_mode, self.view)
+        return load_prepared(self.manifest, s, self.image_size, self.channels, self.resize_mode, self.view,
+                             self.volume_policy, self._warn_once)
+
+    def _warn_once(self, message: str) -> None:
+        """Range warnings of the volume policy, once per dataset (per DataLoader worker), not per volume."""
+        if not self._range_warned:
+            self._range_warned = True
+            warnings.warn(f"{message} (reported once for split {self.split!r} of {self.manifest.path})",
+                          UserWarning, stacklevel=3)
 
     def _build(self, index: int, image: torch.Tensor) -> dict[str, Any]:
         s = self.samples[index]

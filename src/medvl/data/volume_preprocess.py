@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -131,11 +132,13 @@ def resampled_shape(shape: tuple[int, ...], spacing: tuple[float, ...],
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target, strict=True))
 
 
-def prepare_volume(image: ImageData, policy: VolumePolicy) -> np.ndarray:
+def prepare_volume(image: ImageData, policy: VolumePolicy,
+                   warn: Callable[[str], None] | None = None) -> np.ndarray:
     """Checked, resampled (linear, RAS axis order kept) and intensity-mapped volume, float32 in [0, 1].
 
     Raises :class:`ImageReadError` naming the file for any :func:`volume_problems` finding; warns
-    (``UserWarning``) once per call when :func:`range_warning` has something to say.
+    (``UserWarning``) once per call when :func:`range_warning` has something to say, or passes the
+    sentence to ``warn`` instead (a dataset reports it once, not once per volume).
     """
     source = image.meta.source
     problems = volume_problems(image, policy)
@@ -143,7 +146,9 @@ def prepare_volume(image: ImageData, policy: VolumePolicy) -> np.ndarray:
         raise ImageReadError(source, "; ".join(msg for _, msg in problems))
     arr = np.asarray(image.array, dtype=np.float32)
     message = range_warning(arr, policy)
-    if message:
+    if message and warn is not None:
+        warn(f"{source}: {message}")
+    elif message:
         warnings.warn(f"{source}: {message}", UserWarning, stacklevel=2)
     if policy.target_spacing is not None:
         from scipy import ndimage
@@ -162,3 +167,31 @@ def prepare_volume(image: ImageData, policy: VolumePolicy) -> np.ndarray:
         lo, hi = float(arr.min()), float(arr.max())
         out = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def prepare_volume_uint8(image: ImageData, policy: VolumePolicy,
+                         warn: Callable[[str], None] | None = None) -> np.ndarray:
+    """:func:`prepare_volume` quantised to uint8 (``round(255 * v)``): the form the input pipeline and the
+    memmap cache carry, so a policy volume takes the same resize/channel path as every other picture and
+    the model sees ``uint8 / 255``, i.e. the policy's [0, 1] mapping to within half a grey level."""
+    return np.round(prepare_volume(image, policy, warn) * 255.0).astype(np.uint8)
+
+
+def as_volume_policy(value: VolumePolicy | dict[str, Any] | None) -> VolumePolicy | None:
+    """``None``, a policy, or its plain dict (a config, a checkpoint, a features ``preprocess`` record) -> policy."""
+    if value is None or isinstance(value, VolumePolicy):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigError(f"a volume policy must be a mapping of VolumePolicy fields, got {value!r}")
+    return VolumePolicy.from_dict(value)
+
+
+def policy_dict(policy: VolumePolicy | None) -> dict[str, Any] | None:
+    """JSON/YAML-plain form (lists, not tuples) for cache indexes, checkpoint configs and feature cache keys."""
+    if policy is None:
+        return None
+    d = policy.to_dict()
+    for key in ("window", "target_spacing"):
+        if d[key] is not None:
+            d[key] = [float(v) for v in d[key]]
+    return d
