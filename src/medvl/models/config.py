@@ -30,6 +30,9 @@ class ImageTowerConfig:
     mean: list[float] | None = None
     std: list[float] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # The CT/MR volume policy the tower was trained with (VolumePolicy.to_dict(); the training config's
+    # data.volume): evaluation and serving map volumes the same way. None: per-volume min-max (older checkpoints).
+    volume: dict[str, Any] | None = None
 
 
 @dataclass

@@ -76,6 +76,11 @@ class CLIPEncoder(Encoder):
         self.std = (1.0,) * self.in_chans
         self.embed_dim = cfg.embed_dim
         self.has_text = bool(model.tokenizer.trained)
+        # The volume policy the checkpoint was trained with (None: per-volume min-max); evaluation and serving
+        # read it through preprocessing_of so volumes are mapped exactly as in training.
+        from medvl.data.volume_preprocess import as_volume_policy
+
+        self.volume_policy = as_volume_policy(getattr(cfg.image, "volume", None))
 
     def _encode_image_batch(self, images: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(images)

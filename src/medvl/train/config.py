@@ -54,6 +54,9 @@ class DataConfig:
     empty_text: str = "skip"
     num_workers: int = 0
     stream_buffer: int = 0  # with data.shards: 0 = random access; N > 0 = stream shards through an N-sample buffer
+    # CT/MR volume policy (VolumePolicy fields, e.g. {intensity: window, window: [40, 400]}); recorded in the
+    # checkpoint's model config and applied by evaluation and serving. None: per-volume min-max (to_uint8).
+    volume: dict[str, Any] | None = None
 
 
 @dataclass
@@ -228,6 +231,16 @@ def validate(cfg: TrainConfig) -> TrainConfig:
     for key, v in positive.items():
         if v < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {v}")
+    if cfg.data.volume is not None:
+        from medvl.data.volume_preprocess import VolumePolicy
+
+        try:
+            VolumePolicy.from_dict(cfg.data.volume)
+        except (ConfigError, TypeError, ValueError) as exc:
+            raise ConfigError(f"config key 'data.volume': {exc}") from None
+        if cfg.data.shards:
+            raise ConfigError("config key 'data.volume' applies to manifest data; tar shards (data.shards) do not "
+                              "support a volume policy yet")
     if cfg.data.stream_buffer and not cfg.data.shards:
         raise ConfigError("config key 'data.stream_buffer' streams tar shards: set data.shards too")
     nonneg = {"train.epochs": cfg.train.epochs, "train.max_steps": cfg.train.max_steps,
@@ -282,7 +295,7 @@ def load_train_config(path: str | Path | None, overrides: list[str] | None = Non
 
 # Keys whose change makes an existing checkpoint unusable for --resume: they define the network,
 # its inputs or the training objective state that is restored from train_state.pt.
-RESUME_LOCKED = ("model", "objectives", "data.image_size", "data.channels")
+RESUME_LOCKED = ("model", "objectives", "data.image_size", "data.channels", "data.volume")
 
 
 def _get(d: dict[str, Any], dotted: str) -> Any:

@@ -133,7 +133,8 @@ def _from_manifest(cfg: DataConfig, seed: int, out_dir: Path | None) -> TrainDat
     skip_report = (out_dir or manifest_path.parent) / "skipped_images.jsonl" if cfg.on_error == "skip" else None
     dataset = ManifestDataset(manifest, split=cfg.split, image_size=cfg.image_size, channels=cfg.channels,
                               augment=cfg.augment, mean=IDENTITY_MEAN, std=IDENTITY_STD, on_error=cfg.on_error,
-                              skip_report=skip_report, cache_dir=cfg.cache_dir, seed=seed)
+                              skip_report=skip_report, cache_dir=cfg.cache_dir, seed=seed,
+                              volume_policy=cfg.volume)
     n_label_skips = len(dataset.label_skips)  # unknown labels: raised above unless on_error=skip
     if len(dataset) != len(split.samples) - n_label_skips:
         raise ManifestError(f"{manifest_path}: dataset has {len(dataset)} samples for split {cfg.split!r}, "

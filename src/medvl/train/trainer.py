@@ -172,6 +172,10 @@ def model_overrides(cfg: TrainConfig) -> dict[str, Any]:
             raise ConfigError(f"model.overrides.image.{key}={image[key]} disagrees with {data_key}={value}; "
                               f"set only {data_key}")
         image[key] = value
+    if cfg.data.volume is not None:  # recorded in the checkpoint: evaluation and serving apply the same policy
+        from medvl.data.volume_preprocess import VolumePolicy, policy_dict
+
+        image["volume"] = policy_dict(VolumePolicy.from_dict(cfg.data.volume))
     return ov
 
 
