@@ -105,15 +105,22 @@ def manifest_fingerprint(manifest: Manifest) -> str:
 
 
 def preprocessing_of(encoder: Any) -> dict[str, Any]:
-    """What the dataset must do before ``encode_image`` (size, channels, mean, std)."""
+    """What the dataset must do before ``encode_image`` (size, channels, mean, std, and ``volume``: the
+    checkpoint's volume policy as a dict, present only when the encoder has one)."""
     in_chans = int(getattr(encoder, "in_chans", 1))
     channels = in_chans if in_chans in (1, 3) else 1
     mean = list(getattr(encoder, "mean", (0.0,) * channels))
     std = list(getattr(encoder, "std", (1.0,) * channels))
     if len(mean) != channels:  # encoder adapts channels itself; normalise with averaged statistics
         mean, std = [float(np.mean(mean))] * channels, [float(np.mean(std))] * channels
-    return {"image_size": int(getattr(encoder, "image_size", 64)), "channels": channels,
-            "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    pre = {"image_size": int(getattr(encoder, "image_size", 64)), "channels": channels,
+           "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    policy = getattr(encoder, "volume_policy", None)
+    if policy is not None:  # only then: feature cache keys of encoders without a policy stay as they were
+        from medvl.data.volume_preprocess import policy_dict
+
+        pre["volume"] = policy_dict(policy)
+    return pre
 
 
 def cache_key(encoder: Any, manifest: Manifest, split: str, preprocess: dict[str, Any],
@@ -180,7 +187,7 @@ def extract_features(encoder: Any, manifest: Manifest | str | Path, split: str =
                 log.warning("features: ignoring unreadable cache %s (%s)", path, exc)
     samples = split_samples(manifest, split)
     ds = ManifestDataset(manifest, split=split, image_size=pre["image_size"], channels=pre["channels"],
-                         augment=False, mean=pre["mean"], std=pre["std"])
+                         augment=False, mean=pre["mean"], std=pre["std"], volume_policy=pre.get("volume"))
     # One batch or less: worker start-up would cost more than it saves, unless asked for.
     workers = loader_workers(num_workers) if num_workers is not None or len(ds) > batch_size else 0
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers,

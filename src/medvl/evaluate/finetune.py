@@ -221,7 +221,7 @@ def load_split(manifest: Manifest, split: str, pre: dict[str, Any], batch_size: 
 
     samples = split_samples(manifest, split)
     ds = ManifestDataset(manifest, split=split, image_size=pre["image_size"], channels=pre["channels"],
-                         augment=False, mean=pre["mean"], std=pre["std"])
+                         augment=False, mean=pre["mean"], std=pre["std"], volume_policy=pre.get("volume"))
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
     xs, rows = [], []
     for b in loader:

@@ -360,12 +360,17 @@ def _load_image(manifest: Manifest, sample: Sample, pre: dict[str, Any],
     """The model-ready image (the same decode + resize + transforms as ManifestDataset) and its source shape."""
     from medvl.data.cache import decode_uint8
     from medvl.data.transforms import prepare_uint8
+    from medvl.data.volume_preprocess import as_volume_policy
 
     if not sample.image:
         raise ManifestError(f"{manifest.path}, row {sample.row}: empty 'image' column")
     path = manifest.resolve(sample.image[0])
+    volume = pre.get("volume")  # the checkpoint's volume policy: map intensities as in training
+    if volume and volume.get("target_spacing"):
+        raise ConfigError("grounding does not support a volume policy with target_spacing yet (the masks would "
+                          "have to be resampled too); evaluate a checkpoint trained without resampling")
     try:
-        arr, dims = decode_uint8(path)
+        arr, dims = decode_uint8(path, as_volume_policy(volume))
     except ImageReadError as exc:
         raise ImageReadError(exc.path, f"{exc.reason} (manifest {manifest.path}, row {sample.row})") from exc
     try:
