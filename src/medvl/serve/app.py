@@ -41,6 +41,7 @@ from medvl.serve.images import (
     UnsupportedMediaError,
     decode_upload,
     encoder_spatial_dims,
+    model_pixels,
     to_model_input,
 )
 from medvl.serve.index import CaseIndex, CaseRecord
@@ -294,8 +295,8 @@ class _Service:
     async def embed_image(self, decoded: DecodedImage) -> np.ndarray:
         enc = self.encoder
         try:
-            x = await run_in_threadpool(to_model_input, decoded.pixels, enc.image_size, enc.in_chans, enc.mean,
-                                        enc.std, encoder_spatial_dims(enc))
+            x = await run_in_threadpool(to_model_input, model_pixels(decoded, enc), enc.image_size, enc.in_chans,
+                                        enc.mean, enc.std, encoder_spatial_dims(enc))
         except ImageReadError as exc:  # e.g. a 2D picture sent to a volume model
             raise HTTPException(400, f"cannot use the uploaded image: {exc.reason}") from exc
         return await self.image_batcher.submit(x)

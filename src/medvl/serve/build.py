@@ -33,13 +33,13 @@ class EmbeddedCases:
     records: list[CaseRecord]
 
 
-def _decode(manifest: Manifest, sample: Sample, volume: bool = False) -> np.ndarray:
+def _decode(manifest: Manifest, sample: Sample, volume: bool = False, volume_policy: Any = None) -> np.ndarray:
     """First view of a row as a uint8 picture (whole volume for 3D encoders); errors name file and row."""
     if not sample.image:
         raise ImageReadError(manifest.path, f"row {sample.row}: empty 'image' column")
     path = manifest.resolve(sample.image[0])
     try:
-        return read_picture(path, volume=volume)
+        return read_picture(path, volume=volume, volume_policy=volume_policy)
     except ImageReadError as exc:
         raise ImageReadError(exc.path, f"{exc.reason} (manifest {manifest.path}, row {sample.row})") from exc
 
@@ -77,12 +77,13 @@ class _PreparedRows(torch.utils.data.Dataset):
         self.manifest, self.samples, self.thumb_size = manifest, list(samples), thumb_size
         self.dims = encoder_spatial_dims(encoder)
         self.pre = (encoder.image_size, encoder.in_chans, encoder.mean, encoder.std, self.dims)
+        self.volume_policy = getattr(encoder, "volume_policy", None)  # the checkpoint's (data.volume at training)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, bytes]:
-        pic = _decode(self.manifest, self.samples[i], volume=self.dims == 3)
+        pic = _decode(self.manifest, self.samples[i], volume=self.dims == 3, volume_policy=self.volume_policy)
         return to_model_input(pic, *self.pre), thumbnail_png(pic, self.thumb_size)
 
 
@@ -222,7 +223,8 @@ def search_index(index_dir: str | Path, *, text: str | None = None, image: str |
             raise MedvlError(f"model {index.meta.model!r} has no text tower; search with --image")
         query = encode_texts(encoder, [text])
     else:
-        query = encode_pictures(encoder, [read_picture(Path(image), volume=encoder_spatial_dims(encoder) == 3)])  # type: ignore[arg-type]
+        query = encode_pictures(encoder, [read_picture(Path(image), volume=encoder_spatial_dims(encoder) == 3,  # type: ignore[arg-type]
+                                                       volume_policy=getattr(encoder, "volume_policy", None))])
     hits = index.search(query, k, space=space)[0]
     records = index.get([i for i, _ in hits], thumbnails=False)
     index.close()

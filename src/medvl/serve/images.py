@@ -39,6 +39,9 @@ class DecodedImage:
     format: str
     pixels: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    # NIfTI / DICOM-zip uploads: the volume in its own units (HU for CT) with its spacing, so a checkpoint's
+    # volume policy can map it exactly as in training (:func:`model_pixels`); never sent back to the client.
+    volume: Any = field(default=None, repr=False)
 
 
 # ------------------------------------------------------------------------------------ DICOM de-id
@@ -200,8 +203,10 @@ def _decode_nifti(raw: bytes) -> tuple[np.ndarray, dict[str, Any]]:
     if arr.size > MAX_PIXELS:
         raise ImageReadError(UPLOAD, f"NIfTI volume of {arr.shape} voxels exceeds the limit of {MAX_PIXELS}")
     spacing = [round(float(z), 4) for z in img.header.get_zooms()[:3]]
-    pixels = to_uint8(ImageData(np.ascontiguousarray(arr), ImageMeta(source=UPLOAD, format="nifti")))
-    return pixels, {"modality": "", "spacing": spacing, "orientation": "RAS", "deidentified": True}
+    image = ImageData(np.ascontiguousarray(arr), ImageMeta(source=UPLOAD, format="nifti",
+                                                           spacing=tuple(float(z) for z in spacing)))
+    return to_uint8(image), {"modality": "", "spacing": spacing, "orientation": "RAS", "deidentified": True,
+                             "_volume": image}
 
 
 MAX_ZIP_MEMBERS = 4000
@@ -255,7 +260,7 @@ def _decode_dicom_zip(data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         raise ImageReadError(UPLOAD, bad[0])
     meta = {"modality": str(slices[0][1].get("Modality", "")), "photometric": image.meta.photometric,
             "deidentified": True, "spacing": [round(float(v), 4) for v in image.meta.spacing],
-            "skipped_files": skipped}
+            "skipped_files": skipped, "_volume": image}
     return to_uint8(image), meta
 
 
@@ -279,20 +284,39 @@ def decode_upload(data: bytes) -> DecodedImage:
         pixels = _decode_raster(data, fmt)
     if pixels.size == 0 or pixels.ndim not in (2, 3):
         raise ImageReadError(UPLOAD, f"decoded to an unusable array of shape {pixels.shape}")
+    volume = meta.pop("_volume", None)
     meta.update({"format": fmt, "shape": list(pixels.shape)})
-    return DecodedImage(fmt, np.ascontiguousarray(pixels), meta)
+    return DecodedImage(fmt, np.ascontiguousarray(pixels), meta, volume)
 
 
-def read_picture(path: str | Path, volume: bool = False) -> np.ndarray:
+def model_pixels(decoded: DecodedImage, encoder: Any) -> np.ndarray:
+    """The uint8 picture to feed ``encoder``: a volume upload mapped by the checkpoint's volume policy
+    (``encoder.volume_policy``, the training config's ``data.volume``) exactly as the training dataset
+    mapped it, else the display pixels (per-volume min-max, as a checkpoint without a policy was trained)."""
+    policy = getattr(encoder, "volume_policy", None)
+    if policy is None or decoded.volume is None:
+        return decoded.pixels
+    from medvl.data.volume_preprocess import prepare_volume_uint8
+
+    return prepare_volume_uint8(decoded.volume, policy)
+
+
+def read_picture(path: str | Path, volume: bool = False, volume_policy: Any = None) -> np.ndarray:
     """A local file (indexing, CLI queries) -> 2D uint8 picture, via the documented reader contract
     (:func:`medvl.data.io.read_image` + :func:`~medvl.data.io.to_uint8`; DICOM window, MONOCHROME1).
 
     Volumes give their middle slice and cine clips their middle frame; the photometric tag, not the
-    shape, tells colour from a volume.
+    shape, tells colour from a volume. ``volume_policy`` (a 3D checkpoint's, with ``volume=True``)
+    maps the volume as the training dataset did instead of :func:`to_uint8`.
     """
     from medvl.data.io import read_image, to_uint8
 
     data = read_image(path)
+    if volume and volume_policy is not None and data.array.ndim == 3 \
+            and not data.meta.photometric.upper().startswith("RGB"):
+        from medvl.data.volume_preprocess import prepare_volume_uint8
+
+        return prepare_volume_uint8(data, volume_policy)
     arr = to_uint8(data)
     if volume:  # a 3D encoder's index: the whole volume (DxHxW, RAS for NIfTI)
         if arr.ndim != 3 or data.meta.photometric.upper().startswith("RGB"):
