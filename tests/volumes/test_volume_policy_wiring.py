@@ -195,3 +195,29 @@ def test_2d_samples_ignore_the_policy(tmp_path):
     b = ManifestDataset(manifest, split=None, image_size=32)
     for i in range(len(a)):
         assert torch.equal(a.load_uint8(i), b.load_uint8(i))
+
+
+def test_server_embeds_and_indexes_volumes_with_the_policy(ckpt, ct, tmp_path):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("faiss")
+    from fastapi.testclient import TestClient
+
+    from medvl.models.encoder import load_encoder
+    from medvl.serve.app import create_app
+    from medvl.serve.build import build_index
+
+    enc = load_encoder(ckpt)
+    build_index(ckpt, ct, tmp_path / "idx", encoder=enc).close()
+    ds = _dataset(ct, POLICY)
+    path = ds.manifest.resolve(ds.samples[0].image[0])
+    want = enc.encode_image(ds[0]["image"][None]).float().numpy()[0]
+    want /= np.linalg.norm(want)
+    with TestClient(create_app(enc, tmp_path / "idx")) as client:
+        r = client.post("/v1/embed", files={"file": ("x", Path(path).read_bytes(), "application/octet-stream")})
+        assert r.status_code == 200, r.text
+        np.testing.assert_allclose(np.array(r.json()["embeddings"][0]), want, atol=1e-4)
+        r = client.post("/v1/search", files={"file": ("x", Path(path).read_bytes(), "application/octet-stream")},
+                        data={"k": "1"})
+        assert r.status_code == 200, r.text
+        hit = r.json()["results"][0]
+        assert hit["image"].endswith(Path(path).name) and hit["score"] == pytest.approx(1.0, abs=1e-4)

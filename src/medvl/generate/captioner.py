@@ -82,6 +82,13 @@ class Captioner:
     def in_chans(self) -> int:
         return int(self.model.cfg.image.in_chans)
 
+    @property
+    def volume_policy(self) -> Any:
+        """The checkpoint's volume policy (training config ``data.volume``), or None: map volumes as in training."""
+        from medvl.data.volume_preprocess import as_volume_policy
+
+        return as_volume_policy(getattr(self.model.cfg.image, "volume", None))
+
     def check_config(self, cfg: DecodeConfig) -> DecodeConfig:
         """Refuse a generation length the decoder cannot hold (its position table is the context)."""
         cfg.validate()

@@ -64,14 +64,14 @@ def unique_studies(manifest: Manifest, split: str | None) -> list[Sample]:
 
 
 def image_batches(manifest: Manifest, samples: Sequence[Sample], image_size: int, channels: int,
-                  batch_size: int) -> Any:
+                  batch_size: int, volume_policy: Any = None) -> Any:
     """``(study ids, images [B, C, H, W] in [0, 1])`` batches with the training preprocessing."""
     from medvl.data.dataset import ManifestDataset, collate_samples
     from medvl.train.data import IDENTITY_MEAN, IDENTITY_STD
 
     sub = manifest.subset(list(samples))
     ds = ManifestDataset(sub, split=None, image_size=image_size, channels=channels if channels in (1, 3) else 1,
-                         augment=False, mean=IDENTITY_MEAN, std=IDENTITY_STD)
+                         augment=False, mean=IDENTITY_MEAN, std=IDENTITY_STD, volume_policy=volume_policy)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, collate_fn=collate_samples)
     by_row = {s.row: study_key(s) for s in samples}
     for batch in loader:
@@ -110,7 +110,8 @@ def generate_reports(captioner: Any, manifest: Manifest | str | Path, split: str
     run = ReportRun(reports={}, meta={"model": getattr(captioner, "name", ""), "manifest": str(manifest.path),
                                       "split": split, "decoding": vars(cfg).copy()})
     t0 = time.perf_counter()
-    for ids, images in image_batches(manifest, samples, captioner.image_size, captioner.in_chans, batch_size):
+    for ids, images in image_batches(manifest, samples, captioner.image_size, captioner.in_chans, batch_size,
+                                     captioner.volume_policy):
         finish_reports(ids, captioner.generate(images, cfg), captioner.decode_tokens, run)
     run.seconds = time.perf_counter() - t0
     return run

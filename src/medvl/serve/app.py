@@ -569,7 +569,8 @@ def create_app(encoder: Any, index_dir: str | Path | CaseIndex | None = None, ca
         from medvl.generate.decoding import DecodeConfig
 
         cfg = DecodeConfig(method=method, max_new_tokens=max_tokens, num_beams=3)
-        x = await run_in_threadpool(to_model_input, decoded.pixels, report_writer.image_size, report_writer.in_chans,
+        x = await run_in_threadpool(to_model_input, model_pixels(decoded, report_writer), report_writer.image_size,
+                                    report_writer.in_chans,
                                     (0.0,) * report_writer.in_chans, (1.0,) * report_writer.in_chans)
         gen = (await run_in_threadpool(report_writer.generate, x[None], cfg))[0]
         return ReportResponse(model=service.model_name, report=report_writer.decode_tokens(gen.tokens),
