@@ -332,7 +332,10 @@ def write_reports(suite: Suite, entries: list[tuple[Job, Path]], outcome: BenchO
     from medvl.bench.grounding_figures import bench_grounding_examples
 
     grounding = bench_grounding_examples(suite, sections, manifests, out_dir)  # maps recomputed from the models
-    page = render_html(suite, table, outcome, manifests, sections, ablation, grounding)
+    from medvl.bench.segment_figures import bench_segment_examples
+
+    segment = bench_segment_examples(suite, sections, manifests, out_dir)  # masks re-predicted by the heads
+    page = render_html(suite, table, outcome, manifests, sections, ablation, grounding, segment)
     (out_dir / "report.html").write_text(page)
     return results_path, out_dir / "leaderboard.md", out_dir / "report.html"
 
@@ -505,9 +508,11 @@ td.best{font-weight:600}.mark{color:#b3261e}.figs{display:flex;flex-wrap:wrap;ga
 
 def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dict[str, Path],
                 sections: list[Section] | None = None, ablation: dict[str, Any] | None = None,
-                grounding: dict[tuple[str, str, str], list] | None = None) -> str:
+                grounding: dict[tuple[str, str, str], list] | None = None,
+                segment: dict[tuple[str, str, str], list] | None = None) -> str:
     """The self-contained page; ``grounding``: per grounding section, the example rows of
-    :func:`medvl.bench.grounding_figures.bench_grounding_examples` (none: no thumbnails)."""
+    :func:`medvl.bench.grounding_figures.bench_grounding_examples` (none: no thumbnails);
+    ``segment``: likewise per segment section, :func:`medvl.bench.segment_figures.bench_segment_examples`."""
     esc = html.escape
     parts = ["<!doctype html><html lang='en'><head><meta charset='utf-8'>",
              "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -565,6 +570,10 @@ def render_html(suite: Suite, table: dict, outcome: BenchOutcome, manifests: dic
             from medvl.bench.grounding_figures import examples_html
 
             parts.append(examples_html(grounding[(task, dataset, split)], split))
+        if segment and (task, dataset, split) in segment:
+            from medvl.bench.segment_figures import segment_examples_html
+
+            parts.append(segment_examples_html(segment[(task, dataset, split)], split))
         parts.append("</section>")
     rob = robustness_rows(table)
     if rob:

@@ -10,6 +10,7 @@ training run is kept beside the job's result file, so a re-run of the suite reus
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medvl.bench.tasks.registry import TaskContext, register_task
@@ -50,6 +51,14 @@ def run(ctx: TaskContext) -> list[EvalResult] | str:
     res = train_segmentation(cfg, resume=True)
     assert res.last_checkpoint is not None
     c = ctx.common
-    return [segment_eval(res.last_checkpoint, ctx.manifest_path, ctx.split, n_boot=c["n_boot"], seed=ctx.seed,
-                         tolerance=float(p.get("nsd_tolerance", 1.0)), device=ctx.device,
-                         model_name=c["model_name"], dataset=c["dataset"])]
+    result = segment_eval(res.last_checkpoint, ctx.manifest_path, ctx.split, n_boot=c["n_boot"], seed=ctx.seed,
+                          tolerance=float(p.get("nsd_tolerance", 1.0)), device=ctx.device,
+                          model_name=c["model_name"], dataset=c["dataset"])
+    # The scored head, relative to the bench folder (<bench>/results/<job>.json): the report's
+    # segmentation thumbnails (medvl.bench.segment_figures) re-run exactly this checkpoint.
+    ckpt = Path(res.last_checkpoint).resolve()
+    bench_dir = ctx.out_path.parent.parent.resolve()
+    rel = ckpt.relative_to(bench_dir).as_posix() if ckpt.is_relative_to(bench_dir) else str(ckpt)
+    for rec in result.records:
+        rec.config = {**rec.config, "seg_checkpoint": rel}
+    return [result]
