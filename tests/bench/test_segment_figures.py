@@ -148,3 +148,32 @@ def test_a_missing_checkpoint_is_a_reason_not_a_failure(seg_bench: dict[str, Any
     got = bench_segment_examples(suite, [(key, {"rand": [(0, old)]})], {"ph": seg_bench["manifest"]},
                                  seg_bench["out"])
     assert "no seg_checkpoint" in got[key][0][1]
+
+
+def test_volumes_show_the_slice_of_largest_true_area(tmp_path: Path) -> None:
+    """3D CT phantoms, clip3d-tiny + head (2 steps): one slice per (case, class), Dice as segment_eval scores it."""
+    synthetic3d = pytest.importorskip("medvl.data.synthetic3d")
+    from medvl.evaluate.segment import segment_eval
+    from medvl.segment.data import CaseCache, open_dataset, seg_cases, seg_layout
+    from medvl.segment.train import load_seg_config, train_segmentation
+
+    manifest = synthetic3d.generate_ct_phantoms(tmp_path / "ct", n=10, size=24)
+    cfg = load_seg_config(None, [f"data.manifest={manifest}", "model.encoder=clip3d-tiny", "model.width=8",
+                                 "data.mask_column=anatomy_mask", "data.patch_size=[16,16,16]", "optim.max_steps=2",
+                                 "optim.batch_size=2"], tmp_path / "run")
+    train_segmentation(cfg)
+    examples = segment_examples(tmp_path / "run" / "last", manifest, "test", n=1)
+    assert examples and all(e.slice_index is not None for e in examples)
+    assert len({e.row for e in examples}) == 1
+    res = segment_eval(tmp_path / "run" / "last", manifest, "test", n_boot=0, max_cases=1)
+    assert res.predictions is not None
+    man = open_dataset(manifest)
+    layout = seg_layout(man, None, "anatomy_mask")
+    (case,) = [c for c in seg_cases(man, "test", layout) if c.row == examples[0].row]
+    target = CaseCache(man, [case], layout)[0].target
+    for e in examples:
+        assert e.dice == pytest.approx(float(res.predictions.extra[f"dice/{e.cls}"][0]))
+        truth = target[layout.classes.index(e.cls)]
+        if truth.any():
+            assert e.slice_index == int(np.argmax(truth.reshape(-1, truth.shape[-1]).sum(0)))
+        assert _rgb(e.png).shape[2] == 3
