@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -86,7 +87,9 @@ def test_cli_divergence_exits_2_and_names_step(tiny_manifest: Path, tmp_path: Pa
         main(["train", "--config", str(cfg), "optim.lr=1e6", "optim.warmup_steps=0"])
     err = capsys.readouterr().err
     assert exc.value.code == 2, err
-    assert "training diverged at step 2" in err and "manifest rows" in err
+    # which step first overflows depends on the optimizer kernel (fused vs foreach AdamW): the message must name it
+    assert re.search(r"training diverged at step \d+: the (loss|gradient norm) is (nan|inf)", err), err
+    assert "manifest rows" in err
     assert "no checkpoint was written before this step" in err
 
 
