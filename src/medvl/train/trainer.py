@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from medvl.config import save_yaml
 from medvl.errors import CheckpointError, ConfigError, TrainingDivergedError
+from medvl.models.tokenizer import trim_padding  # lives with the tokenizer; still importable from here
 from medvl.train import checkpoint as ckpt_io
 from medvl.train import fsdp
 from medvl.train.config import TrainConfig, incompatible_keys, resolve_precision
@@ -505,20 +506,6 @@ def _train(cfg: TrainConfig, resume: bool, batch_hook: BatchHook | None, info: D
 
 def images_are_2d(images: torch.Tensor) -> bool:
     return images.ndim == 4
-
-
-def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the trailing token columns that are padding in every row of the batch.
-
-    The tokenizer pads to the full context length; a batch of short captions would otherwise pay
-    for attention and MLPs over pad positions. Exact: pads are masked out as attention keys and
-    never pooled, so the features are unchanged (up to float summation order).
-    """
-    used = attention_mask.bool().any(dim=0).nonzero()
-    length = int(used.max()) + 1 if used.numel() else 1
-    if length < input_ids.shape[1]:
-        return input_ids[:, :length], attention_mask[:, :length]
-    return input_ids, attention_mask
 
 
 def forward_loss(model: nn.Module, objective: nn.Module, images: torch.Tensor, input_ids: torch.Tensor,
