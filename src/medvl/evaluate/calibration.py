@@ -346,13 +346,12 @@ class CalibrationReport:
                 "n_boot": self.n_boot, "notes": list(self.notes)}
 
 
-def _percentile(values: np.ndarray, level: float) -> tuple[float, float]:
-    ok = values[~np.isnan(values)]
-    if ok.size == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2 * 100
-    lo, hi = np.percentile(ok, [a, 100 - a])
-    return float(lo), float(hi)
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``values`` (NaN replicates, e.g. a class missing, left out)."""
+    from medvl.evaluate.stats import _percentile_interval
+
+    lo, hi, _ = _percentile_interval(np.asarray(values, dtype=np.float64), level)
+    return lo, hi
 
 
 def calibration_report(test: Prepared, val: Prepared | None = None, groups: Sequence | None = None,
@@ -384,9 +383,9 @@ def calibration_report(test: Prepared, val: Prepared | None = None, groups: Sequ
                 reps[1, :, b] = [va[m] for m in CAL_METRICS]
     out_b, out_a, out_c = {}, {}, {}
     for i, m in enumerate(CAL_METRICS):
-        ci_b = _percentile(reps[0, i], level) if n_boot else (float("nan"),) * 2
-        ci_a = _percentile(reps[1, i], level) if n_boot else (float("nan"),) * 2
-        ci_c = _percentile(reps[1, i] - reps[0, i], level) if n_boot else (float("nan"),) * 2
+        ci_b = percentile_interval(reps[0, i], level) if n_boot else (float("nan"),) * 2
+        ci_a = percentile_interval(reps[1, i], level) if n_boot else (float("nan"),) * 2
+        ci_c = percentile_interval(reps[1, i] - reps[0, i], level) if n_boot else (float("nan"),) * 2
         out_b[m] = Interval(before[m], *ci_b)
         out_a[m] = Interval(after[m], *ci_a)
         out_c[m] = Interval(after[m] - before[m], *ci_c)

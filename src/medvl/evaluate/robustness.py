@@ -37,6 +37,7 @@ import torch
 
 from medvl.errors import ConfigError, ManifestError
 from medvl.evaluate.calibration import CalibrationReport, Interval, calibration_report
+from medvl.evaluate.calibration import percentile_interval as _pct
 from medvl.evaluate.corruptions import CORRUPTIONS, SEVERITIES, corrupt, get_corruption
 from medvl.evaluate.metrics import METRICS, Prepared, metric_value, prepare
 
@@ -206,15 +207,6 @@ class _Boot:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return np.array([metric_value(metric, p.take(i)) for i in self.idx], dtype=np.float64)
-
-
-def _pct(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    ok = values[~np.isnan(values)]
-    if ok.size == 0:
-        return float("nan"), float("nan")
-    a = (1 - level) / 2 * 100
-    lo, hi = np.percentile(ok, [a, 100 - a])
-    return float(lo), float(hi)
 
 
 def _value(p: Prepared, metric: str) -> float:
