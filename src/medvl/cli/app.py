@@ -22,3 +22,15 @@ eval_app = typer.Typer(help="Evaluate encoders: zero-shot, retrieval, linear pro
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(eval_app, name="eval")
+
+
+def _resolve_device(value: str) -> str:
+    from medvl.models.encoder import resolve_device
+
+    return resolve_device(value)
+
+
+def device_option() -> typer.models.OptionInfo:
+    """``--device`` for every command that runs a model: ``auto`` (the default) uses the GPU when present."""
+    return typer.Option("auto", "--device", callback=_resolve_device,
+                        help="auto (the GPU when present, else cpu), cpu, cuda, cuda:1 ...")

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from medvl.cli.app import eval_app
+from medvl.cli.app import device_option, eval_app
 from medvl.errors import ConfigError
 
 console = Console()
@@ -98,7 +98,7 @@ _split = typer.Option("test", "--split", help="Split to evaluate on.")
 _out = typer.Option(None, "--out", "-o", help="Write JSON records here (+ .predictions.npz beside it).")
 _n_boot = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CIs (0 = no CIs).")
 _seed = typer.Option(0, "--seed", help="Bootstrap (and subset) seed.")
-_device = typer.Option("cpu", "--device", help="cpu, cuda, cuda:1 ...")
+_device = device_option()
 _batch = typer.Option(128, "--batch-size", help="Encoding batch size.")
 _cache_dir = typer.Option(None, "--cache-dir", help="Feature cache (default $MEDVL_CACHE_DIR/features or "
                                                    "~/.cache/medvl/features).")

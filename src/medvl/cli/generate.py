@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from medvl.cli.app import app, eval_app
+from medvl.cli.app import app, device_option, eval_app
 from medvl.errors import ConfigError
 
 SYSTEMS_HELP = ("What writes the reports: 'model' (the checkpoint's caption decoder), or a baseline: "
@@ -39,7 +39,7 @@ def generate(
     train_data: Path | None = typer.Option(None, "--train-data",
                                            help="Manifest the baselines learn from (default: --data; needed "
                                                 "with --image)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = device_option(),
 ) -> None:
     """Write a draft report per study (or for one --image) as JSONL keyed by study id."""
     import json
@@ -79,7 +79,7 @@ def eval_vqa(
                                                       "statement ('no nodule')."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patient-level)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = device_option(),
     out: Path | None = typer.Option(None, "--out", help="results.json (+ per-question predictions for compare)."),
 ) -> None:
     """Score VQA answers (closed: accuracy; open: exact match, token F1, recall; twin pairs) with CIs."""
@@ -114,7 +114,7 @@ def eval_report_gen(
     batch_size: int = typer.Option(16, "--batch-size", help="Images decoded together."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patient-level)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap and sampling seed."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = device_option(),
     out: Path | None = typer.Option(None, "--out", help="results.json: one run per system (+ predictions); the "
                                                         "generated JSONL files go beside it."),
 ) -> None:
@@ -184,7 +184,7 @@ def llava_train(
     split: str = typer.Option("train", "--split", help="Manifest split to train on."),
     lora_r: int = typer.Option(8, "--lora-r", help="LoRA rank (stage 2)."),
     seed: int = typer.Option(0, "--seed", help="Data order seed."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = device_option(),
 ) -> None:
     """Train one stage of the adapter; run stage 1, then stage 2 with --init <stage-1 dir>."""
     from medvl.models.llava import build_llava, load_llava, train_llava

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from medvl.cli.app import app, eval_app
+from medvl.cli.app import app, device_option, eval_app
 
 console = Console()
 
@@ -49,7 +49,7 @@ def segment_cmd(
     tolerance: float = typer.Option(1.0, "--nsd-tolerance", help="NSD tolerance in mm (pixels for 2D images)."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates for the 95% CIs (0 = none)."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda ..."),
+    device: str = device_option(),
     all_classes: bool = typer.Option(False, "--per-class", help="Print every per-class record too."),
     prompt: str = typer.Option("none", "--prompt",
                                help="none: --model is a train-seg checkpoint; text: zero-shot masks of a CLIP "

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medvl.cli.app import app
+from medvl.cli.app import app, device_option
 
 console = Console()
 err_console = Console(stderr=True)
@@ -126,7 +126,7 @@ def serve(
     card: Path | None = typer.Option(None, "--card", help="Dataset card for zero-shot (default: the index's)."),
     max_batch: int = typer.Option(16, "--max-batch", help="Micro-batch: most requests per forward pass."),
     max_wait_ms: float = typer.Option(2.0, "--max-wait-ms", help="Micro-batch: longest wait to fill a batch."),
-    device: str = typer.Option("cpu", "--device", help="Torch device for the encoder (cpu, cuda...)."),
+    device: str = device_option(),
     seg_model: Path | None = typer.Option(None, "--seg-model", help="A `medvl train-seg` checkpoint for box (or "
                                                                    "trained text) prompts of POST /v1/segment."),
     threads: int = typer.Option(1, "--threads", min=1,

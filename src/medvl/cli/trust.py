@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from medvl.cli.app import app, eval_app
+from medvl.cli.app import app, device_option, eval_app
 from medvl.cli.evaluation import DATA_HELP, MODEL_HELP, _cache, _encoder_kwargs, _floats, _ints, _setup
 
 console = Console()
@@ -87,7 +87,7 @@ def robustness_cmd(
     lr: float | None = typer.Option(None, "--lr", help="finetune protocol: learning rate."),
     n_boot: int = typer.Option(1000, "--n-boot", help="Bootstrap replicates (patient level) for the CIs."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("cpu", "--device"),
+    device: str = device_option(),
     batch_size: int = typer.Option(128, "--batch-size"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Feature cache (clean and corrupted)."),
     no_cache: bool = typer.Option(False, "--no-cache"),

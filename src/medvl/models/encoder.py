@@ -141,6 +141,17 @@ def _load_timm(rest: str, device: str = "cpu", **kwargs: Any) -> Encoder:
     return TimmEncoder(name, weights or None, device=device, **kwargs)
 
 
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; anything else as given.
+
+    Why one place: evaluation, index builds and the server all accept ``--device auto`` and must
+    agree on what it means.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 def load_encoder(spec: str | Path, device: str | torch.device = "cpu", **kwargs: Any) -> Encoder:
     """Resolve ``spec`` to an :class:`Encoder`.
 

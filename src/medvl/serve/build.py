@@ -156,10 +156,10 @@ def model_spec_string(spec: str | Path) -> str:
 
 
 def encoder_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu``; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    """``auto`` -> ``cuda`` when a GPU is present, else ``cpu`` (:func:`medvl.models.encoder.resolve_device`)."""
+    from medvl.models.encoder import resolve_device
+
+    return resolve_device(device)
 
 
 def build_index(model: str | Path, manifest_path: str | Path, out: str | Path, *, splits: Sequence[str] | None = None,
