@@ -68,14 +68,21 @@ def _summary(runs: list[tuple[int, EvalResult]], metric: str) -> dict[str, Any] 
     highs_ok = [x for x in highs if x is not None]
     return {"mean": float(np.mean(vals)), "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
             "ci_low": float(np.mean(lows_ok)) if lows_ok else None,
-            "ci_high": float(np.mean(highs_ok)) if highs_ok else None, "seeds": len(vals), "n": n}
+            "ci_high": float(np.mean(highs_ok)) if highs_ok else None, "seeds": len(vals), "n": n,
+            # seeds that changed nothing (a deterministic task on one trained model) give no spread to show
+            "varies": len(set(vals)) > 1}
+
+
+def _has_spread(s: dict[str, Any]) -> bool:
+    """A ± is shown for two or more seeds that gave different values (identical values: nothing varied)."""
+    return s["seeds"] > 1 and s.get("varies", True)
 
 
 def _cell(s: dict[str, Any] | None) -> str:
     if s is None:
         return "–"
     text = _fmt(s["mean"])
-    if s["seeds"] > 1:
+    if _has_spread(s):
         text += f" ± {_fmt(s['sd'])}"
     if s["ci_low"] is not None:
         text += f" [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
@@ -388,7 +395,7 @@ def summary_rows(sections: list[Section]) -> tuple[list[str], list[tuple[str, li
         cells = []
         for _key, ms, _metrics, head, best, pvals in sections:
             s = _summary(ms[m], head) if m in ms else None
-            cells.append(("–" if s is None else _fmt(s["mean"]) + (f" ± {_fmt(s['sd'])}" if s["seeds"] > 1 else ""))
+            cells.append(("–" if s is None else _fmt(s["mean"]) + (f" ± {_fmt(s['sd'])}" if _has_spread(s) else ""))
                          + (_marker(m, best, pvals) if s is not None else ""))
         rows.append((m, cells))
     return columns, rows
