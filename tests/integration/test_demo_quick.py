@@ -21,6 +21,10 @@ def test_quick_demo_runs_every_task_and_links_the_model_cards(tmp_path: Path) ->
     assert {"zeroshot", "retrieval", "linear-probe", "knn", "finetune"} <= tasks, tasks
     cards = sorted((out / "cards").glob("*.html"))
     assert len(cards) == 2, cards  # one model card per model (clip-tiny, random-init)
+    # the trained model's evaluations know what it was pretrained on (leakage record carried into `final`)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    leak = [r["config"].get("leakage", {}) for r in records if r["model"] == "clip-tiny" and r["task"] != "trust"]
+    assert leak and all(x.get("checked") for x in leak), leak[:2]
     report = (out / "report.html").read_text()
     for card in cards:
         assert card.name in report

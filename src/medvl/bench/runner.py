@@ -8,6 +8,7 @@ reason; the rest of the suite still runs and the exit status says something fail
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import traceback
 from pathlib import Path
@@ -80,6 +81,16 @@ def resolve_model(name: str, spec: ModelSpec, out_dir: Path, data_fps: dict[str,
     model = load_model(result.last_checkpoint)
     tmp = run_dir / "final.tmp"
     save_model(model, tmp)
+    # What evaluators read beside the weights: the training-data record (pretraining-evaluation leakage),
+    # the training config, and -- for a caption objective, whose decoder lives in the objective state --
+    # the train state (report_gen's report writer).
+    keep = ["train_data.json", "train_config.yaml"]
+    if any(o.get("name") == "caption" for o in cfg.objectives or []):
+        keep.append("train_state.pt")
+    for name_ in keep:
+        src = Path(result.last_checkpoint) / name_
+        if src.is_file():
+            shutil.copy2(src, tmp / name_)
     tmp.replace(final)
     return str(final), encoder_fingerprint(str(final))
 
