@@ -83,3 +83,19 @@ def assert_finetunes_through_image_model(encoder_factory, n: int = 6) -> None:
 def finetune_check():
     """:func:`assert_finetunes_through_image_model`, as a fixture (test modules cannot import conftest)."""
     return assert_finetunes_through_image_model
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Run a test with torch on one thread, restoring the previous count afterwards.
+
+    Why: the CI box has 2 cores shared by several jobs; with oversubscribed cores torch's OpenMP
+    threads spin against each other and a tiny conv net's backward pass took 9 s on 2 threads vs
+    0.2 s on 1. The evaluation and trust test folders use it for every test (their conftest).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
