@@ -152,7 +152,7 @@ def test_a_missing_checkpoint_is_a_reason_not_a_failure(seg_bench: dict[str, Any
 
 def test_volumes_show_the_slice_of_largest_true_area(tmp_path: Path) -> None:
     """3D CT phantoms, clip3d-tiny + head (2 steps): one slice per (case, class), Dice as segment_eval scores it."""
-    synthetic3d = pytest.importorskip("medvl.data.synthetic3d")
+    from medvl.data import synthetic3d  # our own module: a broken import must fail, not skip
     from medvl.evaluate.segment import segment_eval
     from medvl.segment.data import CaseCache, open_dataset, seg_cases, seg_layout
     from medvl.segment.train import load_seg_config, train_segmentation

@@ -105,7 +105,7 @@ def test_real_hippocampus_volumes(shared_data: Path, tmp_path: Path):
 
     manifest = shared_data / "real" / "msd_hippocampus" / "manifest.csv"
     if not manifest.is_file():
-        pytest.skip(f"needs {manifest}")
+        pytest.skip(f"needs the MSD hippocampus manifest at {manifest} (part of ../shared/data/real)")
     cfg = load_seg_config(None, [f"data.manifest={manifest}", "model.encoder=clip3d-tiny", "model.width=8",
                                  "data.patch_size=[24,24,24]", "optim.max_steps=2", "optim.batch_size=2"],
                           tmp_path / "run")
@@ -121,7 +121,7 @@ def test_real_hippocampus_volumes(shared_data: Path, tmp_path: Path):
 @pytest.mark.parametrize("column", ["anatomy_mask", "mask"])
 def test_3d_ct_phantoms_cli(column: str, tmp_path: Path):
     """3D phantoms (issue 17's `data synth --dims 3`): organ label maps (multiclass) and finding masks (multilabel)."""
-    synthetic3d = pytest.importorskip("medvl.data.synthetic3d")
+    from medvl.data import synthetic3d  # our own module: a broken import must fail, not skip
     manifest = synthetic3d.generate_ct_phantoms(tmp_path / "ct", n=10, size=24)
     out = tmp_path / "run"
     res = runner.invoke(app, ["train-seg", f"data.manifest={manifest}", "model.encoder=clip3d-tiny", "model.width=8",
