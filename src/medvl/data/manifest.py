@@ -125,18 +125,9 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
                 rows.append(r)
             return rows
     if suffix == ".jsonl":
-        rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}, line {i}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise ManifestError(f"{path}, line {i}: each line must be a JSON object")
-            rows.append(obj)
-        return rows
+        from medvl.data.jsonl import json_lines
+
+        return [obj for _, obj in json_lines(path, error=ManifestError)]
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 

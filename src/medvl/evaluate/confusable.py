@@ -19,7 +19,6 @@ pair counts only when every question of it is answered correctly), with CIs over
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from medvl.data.jsonl import json_lines
 from medvl.errors import ManifestError, MedvlError
 from medvl.evaluate.metrics import Prepared
 
@@ -134,13 +134,7 @@ def answer_pair_accuracy(path: str | Path, n_boot: int = 1000, seed: int = 0) ->
     if not path.is_file():
         raise MedvlError(f"answer file not found: {path}")
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}, line {i}: invalid JSON ({exc.msg})") from exc
+    for i, d in json_lines(path, error=ManifestError):
         missing = [k for k in ANSWER_KEYS if k not in d]
         if missing:
             raise ManifestError(f"{path}, line {i}: missing key(s) {', '.join(missing)}; each row needs "

@@ -16,7 +16,6 @@ kept fixed across replicates (the corpus is the population the scores refer to).
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from medvl.data.jsonl import json_lines
 from medvl.errors import ConfigError, ManifestError, MedvlError
 from medvl.evaluate.results import EvalResult, MetricRecord, Predictions, _clean
 from medvl.evaluate.stats import DEFAULT_N_BOOT, GroupResampler, PairedTest, _paired_p_value, _percentile_interval
@@ -52,20 +52,8 @@ def read_predictions(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise MedvlError(f"predictions file not found: {path}")
     out: dict[str, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise MedvlError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for i, obj in json_lines(path):
         where = f"{path}, line {i}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MedvlError(f"{where}: invalid JSON ({exc.msg})") from exc
-        if not isinstance(obj, dict):
-            raise MedvlError(f"{where}: each line must be a JSON object")
         key = next((k for k in _ID_KEYS if k in obj), None)
         tkey = next((k for k in _TEXT_KEYS if k in obj), None)
         if key is None or tkey is None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import html
-import json
 import os
 import re
 import statistics
@@ -120,18 +119,9 @@ def read_report_rows(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]
                 rows.append(dict(r))
             return rows, list(reader.fieldnames)
     if suffix == ".jsonl":
-        rows = []
-        text = path.read_bytes().decode("utf-8", errors="surrogateescape")
-        for i, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ManifestError(f"{path}, line {i}: invalid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise ManifestError(f"{path}, line {i}: each line must be a JSON object")
-            rows.append(obj)
+        from medvl.data.jsonl import json_lines
+
+        rows = [obj for _, obj in json_lines(path, error=ManifestError, encoding_errors="surrogateescape")]
         cols = list(dict.fromkeys(k for r in rows for k in r))
         return rows, cols
     from medvl.data.manifest import _read_rows
